@@ -1,0 +1,77 @@
+//! `muxguard connect`: resolve the host's settings, refuse an unsafe or
+//! occupied control path, then run the master — in the background once its
+//! socket is live, unless --foreground.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::cli::ConnectArgs;
+use crate::config::{self, Persist};
+use crate::daemon::{self, Started};
+use crate::master::{self, MasterOptions};
+use crate::paths;
+
+pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let host = config::resolve(&args.ssh)?;
+    let control_path = master::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    if let Some(pid) = master::check_control_path(&control_path)? {
+        eprintln!(
+            "muxguard: a master for {} is already running (pid {pid}) on {}",
+            args.ssh.destination,
+            control_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    if !args.foreground {
+        let mut child_args: Vec<OsString> =
+            vec!["--control-path".into(), control_path.clone().into()];
+        if let Some(persist) = &args.persist {
+            child_args.push("--persist".into());
+            child_args.push(persist_arg(persist).into());
+        }
+        child_args.extend(args.ssh.to_args());
+        return Ok(match daemon::spawn_and_wait(&child_args)? {
+            Started::Ready { .. } => ExitCode::SUCCESS,
+            Started::Failed { code } => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        });
+    }
+
+    // ssh's `ControlPersist no` means "until the master's own session
+    // ends"; a muxguard master has no session of its own, so it persists.
+    let persist = args.persist.unwrap_or(match host.control_persist {
+        Persist::UntilLastClient => Persist::Forever,
+        other => other,
+    });
+    let daemon_child = args.daemon_child;
+    let socket_name = control_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "master".into());
+    let log_file = paths::state_dir().join(format!("{socket_name}.log"));
+    let stop = master::run(MasterOptions {
+        config: host,
+        control_path,
+        persist,
+        on_ready: Box::new(move |_| {
+            if daemon_child {
+                daemon::detach(&log_file)
+            } else {
+                Ok(())
+            }
+        }),
+    })?;
+    Ok(if stop.is_failure() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn persist_arg(persist: &Persist) -> String {
+    match persist {
+        Persist::Forever => "yes".into(),
+        Persist::UntilLastClient => "no".into(),
+        Persist::Idle(d) => d.as_secs().to_string(),
+    }
+}

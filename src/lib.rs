@@ -1,0 +1,12 @@
+//! muxguard: a security-hardened replacement for the OpenSSH connection-sharing
+//! master. The binary (`src/main.rs`) is a thin wrapper around this library.
+
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod daemon;
+pub mod ensure;
+pub mod master;
+pub mod mux;
+pub mod paths;
+pub mod upstream;

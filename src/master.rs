@@ -1,0 +1,437 @@
+//! The master process: start-up in a safe order, the accept loop with its
+//! limits, persistence, signals, and an orderly shutdown that tells every
+//! client why and removes the socket.
+//!
+//! Start-up order: resolve settings (`ssh -G`) → check the control path →
+//! connect and authenticate upstream → bind the control socket → report
+//! ready → serve. Everything that needs the filesystem or a new TCP
+//! connection happens before serving, on one thread (a current-thread
+//! runtime without the blocking pool), so that the sandbox added later can
+//! be applied while the process still has a single thread.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use russh::client::Handle;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::{HostConfig, Persist};
+use crate::paths::{self, Existing};
+use crate::upstream::connect::{self, ClientHandler};
+
+/// State shared by every control connection of one master.
+pub struct MasterState {
+    pub config: HostConfig,
+    pub upstream: Arc<Handle<ClientHandler>>,
+    /// Bumped on every SIGWINCH; tty sessions re-read their window size.
+    pub winch: watch::Sender<u64>,
+    /// Becomes `Some(reason)` when the master is shutting down.
+    pub shutdown: watch::Sender<Option<String>>,
+    listening: watch::Sender<bool>,
+    next_session: AtomicU32,
+    sessions: Mutex<BTreeMap<u32, SessionInfo>>,
+    /// The number of live sessions, watched by the persistence timer.
+    active: watch::Sender<usize>,
+}
+
+struct SessionInfo {
+    description: String,
+    started: Instant,
+}
+
+/// Removes a session from the registry when it ends, however it ends.
+pub struct SessionGuard {
+    master: Arc<MasterState>,
+    id: u32,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.master
+            .sessions
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.id);
+        self.master.active.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl MasterState {
+    pub fn next_session_id(&self) -> u32 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn register_session(self: &Arc<Self>, id: u32, description: String) -> SessionGuard {
+        self.sessions.lock().expect("not poisoned").insert(
+            id,
+            SessionInfo {
+                description,
+                started: Instant::now(),
+            },
+        );
+        self.active.send_modify(|n| *n += 1);
+        SessionGuard {
+            master: Arc::clone(self),
+            id,
+        }
+    }
+
+    pub fn accepting_sessions(&self) -> bool {
+        self.shutdown.borrow().is_none()
+    }
+
+    pub fn shutdown(&self, reason: &str) {
+        self.shutdown.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason.to_string());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn stop_listening(&self) {
+        self.listening.send_replace(false);
+    }
+
+    /// The `~#` listing: every open session of this master.
+    pub fn describe_sessions(&self) -> String {
+        let sessions = self.sessions.lock().expect("not poisoned");
+        let mut text = format!(
+            "The following connections are open (muxguard master pid {}, {}@{}):\r\n",
+            std::process::id(),
+            self.config.user,
+            self.config.hostname
+        );
+        for (id, info) in sessions.iter() {
+            text.push_str(&format!(
+                "  #{id} {} (open {}s)\r\n",
+                info.description,
+                info.started.elapsed().as_secs()
+            ));
+        }
+        text
+    }
+}
+
+/// How the master was asked to run.
+pub struct MasterOptions {
+    pub config: HostConfig,
+    pub control_path: PathBuf,
+    pub persist: Persist,
+    /// Called once the control socket is live; daemon mode detaches here.
+    pub on_ready: Box<dyn FnOnce(&Path) -> anyhow::Result<()>>,
+}
+
+/// Picks the control path: the flag, then ssh's ControlPath, then
+/// `$XDG_RUNTIME_DIR/muxguard/%C` (expanded by ssh itself).
+pub fn choose_control_path(
+    flag: Option<PathBuf>,
+    config: &HostConfig,
+    options: &crate::config::SshOptions,
+) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path);
+    }
+    if let Some(path) = &config.control_path {
+        return Ok(path.clone());
+    }
+    let template = paths::runtime_dir().join("%C");
+    let resolved =
+        crate::config::resolve_with(options, &[format!("ControlPath={}", template.display())])?;
+    resolved
+        .control_path
+        .context("ssh did not expand the default control path")
+}
+
+/// Checks the control path and what is already there. `Ok(Some(pid))`: a
+/// live master already serves it.
+pub fn check_control_path(path: &Path) -> anyhow::Result<Option<u32>> {
+    paths::check_path_length(path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    paths::ensure_private_dir(dir)?;
+    match paths::probe(path, Duration::from_secs(2)) {
+        Existing::Nothing | Existing::Stale => Ok(None),
+        Existing::Live { pid } => Ok(Some(pid)),
+        Existing::Unresponsive => bail!(
+            "{} exists and accepts connections but does not answer like a master; not replacing it",
+            path.display()
+        ),
+        Existing::NotASocket => bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+    }
+}
+
+/// Why the master stopped.
+#[derive(Debug, Clone)]
+pub struct StopReason {
+    pub text: String,
+    /// The connection was lost (as opposed to a requested or idle stop).
+    pub connection_lost: bool,
+}
+
+impl StopReason {
+    fn requested(text: impl Into<String>) -> Self {
+        StopReason {
+            text: text.into(),
+            connection_lost: false,
+        }
+    }
+
+    pub fn is_failure(&self) -> bool {
+        self.connection_lost
+    }
+}
+
+/// Runs the master to completion. Returns the reason it stopped.
+pub fn run(options: MasterOptions) -> anyhow::Result<StopReason> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    runtime.block_on(run_async(options))
+}
+
+async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
+    let MasterOptions {
+        config,
+        control_path,
+        persist,
+        on_ready,
+    } = options;
+    let upstream = connect::connect(&config).await?;
+    info!(
+        "connected to {}@{} ({}), host key {}",
+        config.user, config.hostname, upstream.peer, upstream.host_key_fingerprint
+    );
+    let socket = ControlSocket::bind(&control_path)?;
+    let listener = socket.listener()?;
+
+    let (shutdown, _) = watch::channel(None);
+    let (listening, _) = watch::channel(true);
+    let (active, _) = watch::channel(0usize);
+    let (winch, _) = watch::channel(0u64);
+    let master = Arc::new(MasterState {
+        config,
+        upstream: Arc::clone(&upstream.handle),
+        winch,
+        shutdown,
+        listening,
+        next_session: AtomicU32::new(1),
+        sessions: Mutex::new(BTreeMap::new()),
+        active,
+    });
+
+    on_ready(&control_path)?;
+    info!("listening on {}", control_path.display());
+
+    let reason = serve(&master, listener, &socket, upstream.closed.clone(), persist).await;
+    master.shutdown(&reason.text);
+    socket.remove();
+    // Give sessions a moment to tell their clients why, then go.
+    let mut active = master.active.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(2), active.wait_for(|n| *n == 0)).await;
+    let _ = upstream
+        .handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            "muxguard master exiting",
+            "en",
+        )
+        .await;
+    info!("master stopped: {}", reason.text);
+    Ok(reason)
+}
+
+async fn serve(
+    master: &Arc<MasterState>,
+    listener: UnixListener,
+    socket: &ControlSocket,
+    mut upstream_closed: watch::Receiver<connect::ClosedReason>,
+    persist: Persist,
+) -> StopReason {
+    let my_uid = rustix::process::getuid().as_raw();
+    let mut listener = Some(listener);
+    let mut listening = master.listening.subscribe();
+    let mut shutdown = master.shutdown.subscribe();
+    let mut active = master.active.subscribe();
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let mut sighup = signal(SignalKind::hangup()).ok();
+    let mut sigwinch = signal(SignalKind::window_change()).ok();
+    let next_client = AtomicU64::new(1);
+    let mut had_client = false;
+    let mut idle_since = Some(Instant::now());
+
+    loop {
+        let idle_deadline = match (persist, idle_since) {
+            (Persist::Idle(limit), Some(since)) => Some(since + limit),
+            _ => None,
+        };
+        tokio::select! {
+            accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let client_id = next_client.fetch_add(1, Ordering::Relaxed);
+                match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == my_uid => {
+                        tokio::spawn(crate::mux::server::serve_connection(stream, Arc::clone(master), client_id));
+                    }
+                    Ok(cred) => warn!(
+                        client = client_id,
+                        "refused control connection from uid {} pid {:?}: not the master's uid {my_uid}",
+                        cred.uid(), cred.pid()
+                    ),
+                    Err(e) => warn!(client = client_id, "refused control connection: cannot read peer credentials: {e}"),
+                }
+            }
+            Ok(()) = listening.changed(), if listener.is_some() => {
+                if !*listening.borrow() {
+                    info!("no longer accepting control connections (-O stop)");
+                    listener = None;
+                    socket.remove();
+                    if *active.borrow() == 0 {
+                        return StopReason::requested("stopped listening (-O stop) and no session is left");
+                    }
+                }
+            }
+            Ok(()) = active.changed() => {
+                let now_active = *active.borrow();
+                if now_active > 0 {
+                    had_client = true;
+                    idle_since = None;
+                } else {
+                    idle_since = Some(Instant::now());
+                    if listener.is_none() {
+                        return StopReason::requested("stopped listening (-O stop) and the last session ended");
+                    }
+                    if persist == Persist::UntilLastClient && had_client {
+                        return StopReason::requested("last client left (persist no)");
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(idle_deadline.expect("guarded").into()).await }, if idle_deadline.is_some() => {
+                return StopReason::requested("idle time (persist) elapsed");
+            }
+            Ok(()) = shutdown.changed() => {
+                return StopReason::requested(shutdown.borrow().clone().unwrap_or_else(|| "shutdown".into()));
+            }
+            Ok(()) = upstream_closed.changed() => {
+                let reason = upstream_closed.borrow().clone().unwrap_or_else(|| "connection closed".into());
+                return StopReason {
+                    text: format!("connection to {} closed: {reason}", master.config.hostname),
+                    connection_lost: true,
+                };
+            }
+            Some(()) = recv_signal(&mut sigterm) => return StopReason::requested("terminated by SIGTERM"),
+            Some(()) = recv_signal(&mut sigint) => return StopReason::requested("interrupted by SIGINT"),
+            Some(()) = recv_signal(&mut sighup) => return StopReason::requested("hung up (SIGHUP)"),
+            Some(()) = recv_signal(&mut sigwinch) => {
+                master.winch.send_modify(|n| *n += 1);
+            }
+        }
+    }
+}
+
+async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The bound control socket, removed on the way out only if the path still
+/// names the socket we created (never another master's).
+pub struct ControlSocket {
+    path: PathBuf,
+    identity: (u64, u64),
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ControlSocket {
+    /// Binds under a temporary name with mode 0600 and links it into place,
+    /// which fails rather than replaces if the path appeared meanwhile.
+    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if meta.file_type().is_socket()
+                && paths::probe(path, Duration::from_secs(2)) == Existing::Stale
+            {
+                warn!("replacing stale control socket {}", path.display());
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let temp = temp_name(path);
+        let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(&temp);
+        rustix::process::umask(old_mask);
+        let listener =
+            bound.with_context(|| format!("cannot bind control socket {}", temp.display()))?;
+        let linked = std::fs::hard_link(&temp, path);
+        let _ = std::fs::remove_file(&temp);
+        linked.with_context(|| {
+            format!(
+                "cannot install control socket {} (another master may have just started)",
+                path.display()
+            )
+        })?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(ControlSocket {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            listener,
+        })
+    }
+
+    fn listener(&self) -> anyhow::Result<UnixListener> {
+        let listener = self.listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        Ok(UnixListener::from_std(listener)?)
+    }
+
+    pub fn remove(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.identity {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Writes a line to stderr, ignoring failures (stderr may be gone).
+pub fn say(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}

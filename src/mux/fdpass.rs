@@ -1,0 +1,284 @@
+//! Reading and writing one control connection: framed mux packets plus the
+//! file descriptors the client passes with SCM_RIGHTS.
+//!
+//! Every read is a `recvmsg` with room for descriptors. A plain `read` that
+//! consumed a carrier byte would make Linux close the descriptor riding on it,
+//! and a read-ahead buffer could swallow the next packet's carrier bytes, so
+//! we read exactly the bytes we need and queue any descriptors in arrival
+//! order, whatever grouping the client used.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use super::wire::{self, ServerMessage, WireError};
+
+/// Why reading from a control connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("client closed the connection in the middle of a packet")]
+    TruncatedPacket,
+    #[error("malformed packet: {0}")]
+    Malformed(#[from] WireError),
+    #[error("did not receive file descriptors")]
+    MissingFds,
+    #[error("read error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// At most this many descriptors are accepted with any one byte; more than a
+/// session needs, so that a client packing all three into one `sendmsg` works.
+const MAX_FDS_PER_READ: usize = 4;
+
+/// The reading side of a control connection.
+pub struct ControlReader {
+    stream: Arc<UnixStream>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl ControlReader {
+    pub fn new(stream: Arc<UnixStream>) -> Self {
+        ControlReader {
+            stream,
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// Reads one packet body. `Ok(None)` is a clean end of stream between
+    /// packets.
+    pub async fn read_packet(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        let mut len = [0u8; 4];
+        match self.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(ReadError::Closed) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = wire::check_length(u32::from_be_bytes(len))?;
+        let mut body = vec![0u8; len];
+        match self.read_exact(&mut body).await {
+            Err(ReadError::Closed) => Err(ReadError::TruncatedPacket),
+            other => other.map(|()| Some(body)),
+        }
+    }
+
+    /// Receives `count` descriptors that follow a request, reading one
+    /// carrier byte at a time until enough have arrived.
+    pub async fn receive_fds(&mut self, count: usize) -> Result<Vec<OwnedFd>, ReadError> {
+        while self.fds.len() < count {
+            let before = self.fds.len();
+            let mut carrier = [0u8; 1];
+            self.read_exact(&mut carrier).await?;
+            if self.fds.len() == before {
+                return Err(ReadError::MissingFds);
+            }
+        }
+        Ok(self.fds.drain(..count).collect())
+    }
+
+    /// Waits until the client closes the connection or sends more bytes.
+    /// Returns true on end of stream. Used while a session runs, when the
+    /// only interesting event is the client going away.
+    pub async fn peer_closed_or_readable(&self) -> io::Result<bool> {
+        loop {
+            self.stream.readable().await?;
+            let mut byte = [0u8; 1];
+            match self.stream.try_io(Interest::READABLE, || {
+                rustix::net::recv(&*self.stream, &mut byte, rustix::net::RecvFlags::PEEK)
+                    .map(|(n, _)| n)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(0) => return Ok(true),
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self.recv_some(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(if filled == 0 {
+                    ReadError::Closed
+                } else {
+                    ReadError::TruncatedPacket
+                });
+            }
+            filled += n;
+        }
+        Ok(())
+    }
+
+    async fn recv_some(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let fds = &mut self.fds;
+        let stream = &self.stream;
+        let n = stream
+            .async_io(Interest::READABLE, || {
+                let mut space =
+                    [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let mut iov = [IoSliceMut::new(buf)];
+                let received = rustix::net::recvmsg(
+                    &**stream,
+                    &mut iov,
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )?;
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                        fds.extend(received_fds);
+                    }
+                }
+                Ok(received.bytes)
+            })
+            .await?;
+        Ok(n)
+    }
+}
+
+/// The writing side of a control connection. Replies are small and written
+/// whole; a client that stops reading them only stalls its own task.
+#[derive(Clone)]
+pub struct ControlWriter {
+    stream: Arc<UnixStream>,
+}
+
+impl ControlWriter {
+    pub fn new(stream: Arc<UnixStream>) -> Self {
+        ControlWriter { stream }
+    }
+
+    pub async fn send(&self, message: &ServerMessage) -> io::Result<()> {
+        let bytes = message.encode();
+        let mut written = 0;
+        while written < bytes.len() {
+            let n = self
+                .stream
+                .async_io(Interest::WRITABLE, || {
+                    rustix::net::send(
+                        &*self.stream,
+                        &bytes[written..],
+                        rustix::net::SendFlags::NOSIGNAL,
+                    )
+                    .map_err(io::Error::from)
+                })
+                .await?;
+            written += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+
+    fn send_with_fds(sock: &std::os::unix::net::UnixStream, bytes: &[u8], fds: &[OwnedFd]) {
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
+        }
+        rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    async fn pair() -> (std::os::unix::net::UnixStream, ControlReader) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let b = UnixStream::from_std(b).unwrap();
+        (a, ControlReader::new(Arc::new(b)))
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn packet_then_one_fd_per_carrier_byte() {
+        rt().block_on(async {
+            let (client, mut reader) = pair().await;
+            let hello = ServerMessage::Hello { extensions: vec![] }.encode();
+            // The packet and the first carrier byte can arrive in one read
+            // on the receiving side; exact-length reads keep them apart.
+            send_with_fds(&client, &hello, &[]);
+            send_with_fds(&client, &[0], &[devnull()]);
+            send_with_fds(&client, &[0], &[devnull()]);
+            send_with_fds(&client, &[0], &[devnull()]);
+            let body = reader.read_packet().await.unwrap().unwrap();
+            assert_eq!(body, hello[4..]);
+            let fds = reader.receive_fds(3).await.unwrap();
+            assert_eq!(fds.len(), 3);
+            drop(client);
+            assert!(reader.read_packet().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn three_fds_in_one_sendmsg_are_accepted() {
+        rt().block_on(async {
+            let (client, mut reader) = pair().await;
+            send_with_fds(&client, &[0], &[devnull(), devnull(), devnull()]);
+            assert_eq!(reader.receive_fds(3).await.unwrap().len(), 3);
+        });
+    }
+
+    #[test]
+    fn carrier_without_fd_is_an_error() {
+        rt().block_on(async {
+            let (client, mut reader) = pair().await;
+            send_with_fds(&client, &[0, 0, 0], &[]);
+            assert!(matches!(
+                reader.receive_fds(3).await,
+                Err(ReadError::MissingFds)
+            ));
+        });
+    }
+
+    #[test]
+    fn truncated_and_oversized_packets() {
+        rt().block_on(async {
+            let (client, mut reader) = pair().await;
+            send_with_fds(&client, &[0, 0, 0, 8, 0, 0], &[]);
+            drop(client);
+            assert!(matches!(
+                reader.read_packet().await,
+                Err(ReadError::TruncatedPacket)
+            ));
+
+            let (client, mut reader) = pair().await;
+            send_with_fds(&client, &(300u32 * 1024).to_be_bytes(), &[]);
+            assert!(matches!(
+                reader.read_packet().await,
+                Err(ReadError::Malformed(WireError::TooLong(_)))
+            ));
+        });
+    }
+}

@@ -1,0 +1,7 @@
+//! The OpenSSH mux protocol (version 4), master side.
+
+pub mod escape;
+pub mod fdpass;
+pub mod passed_fd;
+pub mod server;
+pub mod wire;

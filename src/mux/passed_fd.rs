@@ -1,0 +1,395 @@
+//! Doing I/O on the descriptors a client passes (its stdin, stdout, stderr)
+//! without harming the processes that share them.
+//!
+//! The passed descriptors share open file descriptions with the user's
+//! terminal, shell pipelines and sftp's socketpair. So, as OpenSSH does:
+//! a terminal is never made non-blocking; pipes and sockets are made
+//! non-blocking only for the session and their original flags are restored
+//! before our copy is closed (once, when the last of our copies of that
+//! object goes, since sftp passes one socket as both stdin and stdout).
+//!
+//! Three ways of doing the I/O, chosen by what the descriptor is:
+//! - pipes and sockets: non-blocking, driven by the event loop;
+//! - a terminal: reads happen on the event loop only when the kernel says a
+//!   read will not block; writes go to a helper thread, since a write to a
+//!   terminal may block and must not stall the master;
+//! - anything epoll cannot watch (regular files, /dev/null): helper threads.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustix::fs::{FileType, OFlags};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a passed descriptor is, which decides how we do I/O on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    Terminal,
+    /// Pipes, FIFOs and sockets.
+    Pollable,
+    /// Regular files, /dev/null and other things epoll refuses.
+    Blocking,
+}
+
+/// Restores a description's status flags when the last of our copies of it
+/// is closed.
+struct FlagRestorer {
+    fd: OwnedFd,
+    original: OFlags,
+}
+
+impl Drop for FlagRestorer {
+    fn drop(&mut self) {
+        let _ = rustix::fs::fcntl_setfl(&self.fd, self.original);
+    }
+}
+
+/// One descriptor received from a client, classified.
+pub struct PassedFd {
+    fd: OwnedFd,
+    kind: FdKind,
+    /// Shared by every passed fd of the same object (see the module header).
+    restorer: Option<Arc<FlagRestorer>>,
+}
+
+impl PassedFd {
+    pub fn kind(&self) -> FdKind {
+        self.kind
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Classifies the descriptors of one request and switches the pollable ones
+/// to non-blocking mode. All original flags are read before any is changed,
+/// since several descriptors may share one description.
+pub fn adopt(fds: Vec<OwnedFd>) -> io::Result<Vec<PassedFd>> {
+    let mut identities = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        let stat = rustix::fs::fstat(fd)?;
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        identities.push((
+            (stat.st_dev, stat.st_ino),
+            FileType::from_raw_mode(stat.st_mode),
+            flags,
+        ));
+    }
+    let mut adopted: Vec<PassedFd> = Vec::with_capacity(fds.len());
+    for (fd, (identity, file_type, flags)) in fds.into_iter().zip(identities.iter().copied()) {
+        let kind = match file_type {
+            FileType::CharacterDevice if rustix::termios::isatty(&fd) => FdKind::Terminal,
+            FileType::Fifo | FileType::Socket => FdKind::Pollable,
+            _ => FdKind::Blocking,
+        };
+        let restorer = if kind == FdKind::Pollable {
+            let earlier = identities
+                .iter()
+                .zip(adopted.iter())
+                .find(|((id, _, _), passed)| *id == identity && passed.restorer.is_some())
+                .and_then(|(_, passed)| passed.restorer.clone());
+            match earlier {
+                Some(shared) => Some(shared),
+                None => {
+                    let restorer = Arc::new(FlagRestorer {
+                        fd: fd.try_clone()?,
+                        original: flags,
+                    });
+                    rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
+                    Some(restorer)
+                }
+            }
+        } else {
+            None
+        };
+        adopted.push(PassedFd { fd, kind, restorer });
+    }
+    Ok(adopted)
+}
+
+/// Where a session's input comes from.
+pub enum InputSource {
+    Pollable(AsyncFd<PassedFd>),
+    Terminal(AsyncFd<PassedFd>),
+    Thread(mpsc::Receiver<io::Result<Bytes>>),
+}
+
+impl InputSource {
+    pub fn new(fd: PassedFd) -> io::Result<Self> {
+        match fd.kind {
+            FdKind::Pollable => Ok(InputSource::Pollable(register(fd, Interest::READABLE)?)),
+            FdKind::Terminal => Ok(InputSource::Terminal(register(fd, Interest::READABLE)?)),
+            FdKind::Blocking => Ok(InputSource::Thread(spawn_reader(fd)?)),
+        }
+    }
+
+    /// Reads the next chunk; an empty chunk is end of file.
+    pub async fn read(&mut self, max: usize) -> io::Result<Bytes> {
+        match self {
+            InputSource::Pollable(afd) => loop {
+                let mut guard = afd.readable().await?;
+                let mut buf = vec![0u8; max];
+                match guard.try_io(|inner| {
+                    rustix::io::read(inner.get_ref().as_fd(), &mut buf).map_err(io::Error::from)
+                }) {
+                    Ok(Ok(n)) => {
+                        buf.truncate(n);
+                        return Ok(Bytes::from(buf));
+                    }
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Ok(Bytes::new());
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
+                }
+            },
+            InputSource::Terminal(afd) => loop {
+                let mut guard = afd.readable().await?;
+                let fd = guard.get_inner().as_fd();
+                // The terminal stays blocking, so only read what the kernel
+                // says is there right now (a completed line in canonical
+                // mode, any bytes in raw mode).
+                let mut poll_fd = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let ready =
+                    rustix::event::poll(&mut poll_fd, Some(&rustix::event::Timespec::default()))?;
+                if ready == 0 {
+                    guard.clear_ready();
+                    continue;
+                }
+                let available = rustix::io::ioctl_fionread(fd).unwrap_or(0) as usize;
+                let want = available.clamp(1, max);
+                let mut buf = vec![0u8; want];
+                return match rustix::io::read(fd, &mut buf) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(Bytes::from(buf))
+                    }
+                    // A hung-up terminal reads as EIO: that is its end.
+                    Err(rustix::io::Errno::IO) => Ok(Bytes::new()),
+                    Err(e) => Err(e.into()),
+                };
+            },
+            InputSource::Thread(rx) => match rx.recv().await {
+                Some(chunk) => chunk,
+                None => Ok(Bytes::new()),
+            },
+        }
+    }
+}
+
+fn spawn_reader(fd: PassedFd) -> io::Result<mpsc::Receiver<io::Result<Bytes>>> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name(format!("muxguard-read-{}", fd.fd.as_raw_fd()))
+        .spawn(move || {
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                let chunk = match rustix::io::read(&fd.fd, &mut buf) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => Err(io::Error::from(e)),
+                };
+                let done = !matches!(&chunk, Ok(b) if !b.is_empty());
+                if tx.blocking_send(chunk).is_err() || done {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Where a session's output goes.
+pub enum OutputSink {
+    Pollable(AsyncFd<PassedFd>),
+    Thread {
+        tx: mpsc::Sender<Bytes>,
+        done: oneshot::Receiver<io::Result<()>>,
+    },
+}
+
+impl OutputSink {
+    pub fn new(fd: PassedFd) -> io::Result<Self> {
+        match fd.kind {
+            FdKind::Pollable => Ok(OutputSink::Pollable(register(fd, Interest::WRITABLE)?)),
+            FdKind::Terminal | FdKind::Blocking => Ok(spawn_writer(fd)?),
+        }
+    }
+
+    pub async fn write_all(&mut self, mut data: Bytes) -> io::Result<()> {
+        match self {
+            OutputSink::Pollable(afd) => {
+                while !data.is_empty() {
+                    let mut guard = afd.writable().await?;
+                    match guard.try_io(|inner| {
+                        rustix::io::write(inner.get_ref().as_fd(), &data).map_err(io::Error::from)
+                    }) {
+                        Ok(Ok(n)) => {
+                            let _ = data.split_to(n);
+                        }
+                        Ok(Err(e)) => return Err(e),
+                        Err(_would_block) => continue,
+                    }
+                }
+                Ok(())
+            }
+            OutputSink::Thread { tx, .. } => tx
+                .send(data)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "output closed")),
+        }
+    }
+
+    /// Waits until everything written so far has reached the descriptor,
+    /// then closes our copy of it.
+    pub async fn finish(self) -> io::Result<()> {
+        match self {
+            OutputSink::Pollable(afd) => {
+                drop(afd);
+                Ok(())
+            }
+            OutputSink::Thread { tx, done } => {
+                drop(tx);
+                done.await.unwrap_or(Ok(()))
+            }
+        }
+    }
+}
+
+fn spawn_writer(fd: PassedFd) -> io::Result<OutputSink> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("muxguard-write-{}", fd.fd.as_raw_fd()))
+        .spawn(move || {
+            let mut result = Ok(());
+            while let Some(chunk) = rx.blocking_recv() {
+                if result.is_err() {
+                    continue; // keep draining so senders never wait on a dead fd
+                }
+                result = write_all_blocking(&fd.fd, &chunk);
+            }
+            drop(fd);
+            let _ = done_tx.send(result);
+        })?;
+    Ok(OutputSink::Thread { tx, done })
+}
+
+fn write_all_blocking(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Registers a passed fd with the event loop.
+fn register(fd: PassedFd, interest: Interest) -> io::Result<AsyncFd<PassedFd>> {
+    // SAFETY: `PassedFd` owns its `OwnedFd` and never replaces or closes it,
+    // and `as_raw_fd` always returns that same descriptor; so the fd stays
+    // open and names the same description for as long as the `AsyncFd`
+    // holds the `PassedFd`, which is what `register_with_interest` requires.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+impl AsRawFd for PassedFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_flags_are_restored_once_every_copy_is_gone() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let before = rustix::fs::fcntl_getfl(&r).unwrap();
+        assert!(!before.contains(OFlags::NONBLOCK));
+        let keep = r.try_clone().unwrap();
+        let adopted = adopt(vec![r.try_clone().unwrap(), r]).unwrap();
+        assert_eq!(adopted[0].kind(), FdKind::Pollable);
+        assert!(
+            rustix::fs::fcntl_getfl(&keep)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        let mut adopted = adopted.into_iter();
+        drop(adopted.next());
+        // The second copy still holds the object in non-blocking mode.
+        assert!(
+            rustix::fs::fcntl_getfl(&keep)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        drop(adopted);
+        assert_eq!(rustix::fs::fcntl_getfl(&keep).unwrap(), before);
+        drop(w);
+    }
+
+    #[test]
+    fn regular_files_and_dev_null_use_threads() {
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let file: OwnedFd = tempfile::tempfile().unwrap().into();
+        let adopted = adopt(vec![null, file]).unwrap();
+        assert!(adopted.iter().all(|f| f.kind() == FdKind::Blocking));
+    }
+
+    #[test]
+    fn output_and_input_round_trip_through_a_pipe_and_a_file() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            let mut adopted = adopt(vec![r, w]).unwrap();
+            let mut sink = OutputSink::new(adopted.pop().unwrap()).unwrap();
+            let mut source = InputSource::new(adopted.pop().unwrap()).unwrap();
+            let writer = tokio::spawn(async move {
+                for _ in 0..64 {
+                    sink.write_all(Bytes::from(vec![7u8; 8192])).await.unwrap();
+                }
+                sink.finish().await.unwrap();
+            });
+            let mut total = 0;
+            loop {
+                let chunk = source.read(16384).await.unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                assert!(chunk.iter().all(|&b| b == 7));
+                total += chunk.len();
+            }
+            writer.await.unwrap();
+            assert_eq!(total, 64 * 8192);
+
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let fd: OwnedFd = file.reopen().unwrap().into();
+            let mut sink = OutputSink::new(adopt(vec![fd]).unwrap().pop().unwrap()).unwrap();
+            sink.write_all(Bytes::from_static(b"hello ")).await.unwrap();
+            sink.write_all(Bytes::from_static(b"world")).await.unwrap();
+            sink.finish().await.unwrap();
+            assert_eq!(std::fs::read(file.path()).unwrap(), b"hello world");
+
+            let fd: OwnedFd = std::fs::File::open(file.path()).unwrap().into();
+            let mut source = InputSource::new(adopt(vec![fd]).unwrap().pop().unwrap()).unwrap();
+            assert_eq!(&source.read(100).await.unwrap()[..], b"hello world");
+            assert!(source.read(100).await.unwrap().is_empty());
+        });
+    }
+}

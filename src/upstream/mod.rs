@@ -1,0 +1,7 @@
+//! The one SSH connection to the server, held with russh.
+
+pub mod auth;
+pub mod connect;
+pub mod known_hosts;
+pub mod session;
+pub mod ttymodes;

@@ -1,0 +1,420 @@
+//! One multiplexed session: bridging the client's passed stdin/stdout/stderr
+//! to an upstream session channel, with pty, environment, window changes,
+//! escapes and exit status, torn down in the order that lets pipes see all
+//! output before the client exits.
+//!
+//! The channel is always drained at once into per-stream output queues, so
+//! russh's session loop never waits on a slow client (one unread channel
+//! would otherwise freeze the whole connection).
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::master::MasterState;
+use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered};
+use crate::mux::fdpass::{ControlReader, ControlWriter};
+use crate::mux::passed_fd::{InputSource, OutputSink, PassedFd};
+use crate::mux::wire::{self, ServerMessage, SessionRequest};
+use crate::upstream::ttymodes;
+
+/// Input is read in chunks of at most one SSH packet's worth.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// How a session ended, for logs.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The server closed the channel; output was delivered.
+    Finished { exit_status: Option<u32> },
+    /// The client went away (killed, or closed its socket).
+    ClientGone,
+    /// `~.` typed by the user.
+    EscapeTerminated,
+    /// The master is shutting down (server gone, `-O exit`, signal).
+    MasterShutdown(String),
+}
+
+/// Everything needed to start a session once the client's request and fds
+/// have been received.
+pub struct SessionStart<'a> {
+    pub rid: u32,
+    pub session_id: u32,
+    pub request: SessionRequest,
+    pub fds: Vec<PassedFd>,
+    pub control: ControlWriter,
+    pub reader: &'a mut ControlReader,
+    pub master: Arc<MasterState>,
+}
+
+/// Which channel request a CHANNEL_SUCCESS/FAILURE answers (they come back
+/// in request order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Pty,
+    Start(&'static str),
+}
+
+/// Opens the channel, sets it up and runs the session to its end. Errors
+/// before SESSION_OPENED are returned to the caller, who answers FAILURE.
+pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError> {
+    let SessionStart {
+        rid,
+        session_id,
+        request,
+        fds,
+        control,
+        reader,
+        master,
+    } = start;
+    let mut fds = fds.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(SessionOpenError::Local(
+            "did not receive file descriptors".into(),
+        ));
+    };
+
+    let channel = master
+        .upstream
+        .channel_open_session()
+        .await
+        .map_err(|e| SessionOpenError::Refused(e.to_string()))?;
+
+    // A duplicate of a terminal stdin, for modes now and window size later.
+    let tty_fd: Option<OwnedFd> = if request.want_tty {
+        stdin.as_fd().try_clone_to_owned().ok()
+    } else {
+        None
+    };
+
+    let mut pending = std::collections::VecDeque::new();
+    let setup = async {
+        if request.want_tty {
+            let (cols, rows, xpixel, ypixel) = tty_fd
+                .as_ref()
+                .and_then(|fd| ttymodes::window_size(fd))
+                .unwrap_or((0, 0, 0, 0));
+            let modes = tty_fd
+                .as_ref()
+                .and_then(|fd| rustix::termios::tcgetattr(fd).ok())
+                .map(|t| ttymodes::encode_modes(&t))
+                .unwrap_or_default();
+            channel
+                .request_pty(true, &request.term, cols, rows, xpixel, ypixel, &modes)
+                .await?;
+            pending.push_back(Pending::Pty);
+        }
+        for entry in &request.env {
+            if let Some((name, value)) = entry.split_once('=') {
+                channel.set_env(false, name, value).await?;
+            }
+        }
+        for (name, value) in &master.config.set_env {
+            channel
+                .set_env(false, name.as_str(), value.as_str())
+                .await?;
+        }
+        if request.subsystem {
+            channel
+                .request_subsystem(true, request.command.as_str())
+                .await?;
+            pending.push_back(Pending::Start("subsystem"));
+        } else if request.command.is_empty() {
+            channel.request_shell(true).await?;
+            pending.push_back(Pending::Start("shell"));
+        } else {
+            channel.exec(true, request.command.as_bytes()).await?;
+            pending.push_back(Pending::Start("exec"));
+        }
+        Ok::<(), russh::Error>(())
+    };
+    if let Err(e) = setup.await {
+        let _ = channel.close().await;
+        return Err(SessionOpenError::Refused(e.to_string()));
+    }
+
+    // Past this point the session is open from the client's point of view.
+    let (mut upstream_rx, upstream_tx) = channel.split();
+    let upstream_tx = Arc::new(upstream_tx);
+    if control
+        .send(&ServerMessage::SessionOpened { rid, session_id })
+        .await
+        .is_err()
+    {
+        let _ = upstream_tx.close().await;
+        return Ok(SessionEnd::ClientGone);
+    }
+
+    let (stdout_queue, stdout_writer) = spawn_output(stdout);
+    let (stderr_queue, stderr_writer) = spawn_output(stderr);
+    let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<EscapeAction>();
+    let escape = if request.want_tty {
+        EscapeFilter::from_wire(request.escape_char)
+    } else {
+        None
+    };
+    let input = spawn_input(stdin, escape, Arc::clone(&upstream_tx), escape_tx);
+
+    let mut winch = master.winch.subscribe();
+    let mut shutdown = master.shutdown.subscribe();
+    let mut exit_status = None;
+    let mut exit_sent = false;
+
+    let end = loop {
+        tokio::select! {
+            message = upstream_rx.wait() => match message {
+                Some(ChannelMsg::Data { data }) => {
+                    let _ = stdout_queue.send(data);
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    let _ = stderr_queue.send(data);
+                }
+                Some(ChannelMsg::Eof) => {
+                    // Nothing more for stdout; close it once it is drained
+                    // (below), as the remote side is done writing.
+                }
+                Some(ChannelMsg::ExitStatus { exit_status: status }) => {
+                    exit_status = Some(status);
+                    if !exit_sent {
+                        exit_sent = true;
+                        let _ = control
+                            .send(&ServerMessage::ExitMessage { session_id, exit_value: status })
+                            .await;
+                    }
+                }
+                Some(ChannelMsg::Success) => {
+                    pending.pop_front();
+                }
+                Some(ChannelMsg::Failure) => match pending.pop_front() {
+                    Some(Pending::Pty) => {
+                        let _ = stderr_queue.send(Bytes::from_static(b"PTY allocation request failed\r\n"));
+                        let _ = control.send(&ServerMessage::TtyAllocFail { session_id }).await;
+                    }
+                    Some(Pending::Start(what)) => {
+                        let _ = stderr_queue.send(Bytes::from(format!("{what} request failed\r\n")));
+                        let _ = upstream_tx.close().await;
+                    }
+                    None => {}
+                },
+                Some(ChannelMsg::Close) | None => {
+                    break SessionEnd::Finished { exit_status };
+                }
+                Some(_) => {}
+            },
+            closed = reader.peer_closed_or_readable() => {
+                match closed {
+                    Ok(false) => {
+                        if !answer_stray_request(reader, &control).await {
+                            break SessionEnd::ClientGone;
+                        }
+                    }
+                    _ => break SessionEnd::ClientGone,
+                }
+            }
+            Some(action) = escape_rx.recv() => {
+                let echo = action.echo_text(request.escape_char as u8);
+                if !echo.is_empty() {
+                    let _ = stderr_queue.send(Bytes::from(echo));
+                }
+                match action {
+                    EscapeAction::Terminate => break SessionEnd::EscapeTerminated,
+                    EscapeAction::Rekey => {
+                        let _ = master.upstream.rekey_soon().await;
+                    }
+                    EscapeAction::ListChannels => {
+                        let _ = stderr_queue.send(Bytes::from(master.describe_sessions()));
+                    }
+                    EscapeAction::SendBreak => {
+                        let _ = stderr_queue.send(Bytes::from_static(
+                            b"muxguard: break requests are not supported on multiplexed sessions yet\r\n",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(()) = winch.changed() => {
+                if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(|fd| ttymodes::window_size(fd)) {
+                    let _ = upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
+                }
+            }
+            Ok(()) = shutdown.changed() => {
+                let reason = shutdown.borrow().clone().unwrap_or_else(|| "master shutting down".into());
+                let _ = stderr_queue.send(Bytes::from(format!("muxguard: {reason}\r\n")));
+                break SessionEnd::MasterShutdown(reason);
+            }
+        }
+    };
+
+    input.abort();
+    let _ = input.await;
+    drop(stdout_queue);
+    drop(stderr_queue);
+    match &end {
+        SessionEnd::Finished { .. } => {
+            // Deliver every byte before our copies close and the client is
+            // released: `ssh host cmd | consumer` must see all output.
+            let _ = stdout_writer.await;
+            let _ = stderr_writer.await;
+        }
+        _ => {
+            let _ = upstream_tx.eof().await;
+            let _ = upstream_tx.close().await;
+            // Keep taking the channel's messages until it is gone so that
+            // russh's loop never waits on us; output is discarded.
+            tokio::spawn(async move { while upstream_rx.wait().await.is_some() {} });
+            // Give the echo of `~.` or the shutdown reason a moment to reach
+            // the terminal, but never wait on a stuck client.
+            let flush = async {
+                let _ = stdout_writer.await;
+                let _ = stderr_writer.await;
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+        }
+    }
+    Ok(end)
+}
+
+/// Why a session could not be opened.
+#[derive(Debug)]
+pub enum SessionOpenError {
+    /// The server refused the channel or its setup.
+    Refused(String),
+    /// Our own side failed (fds).
+    Local(String),
+}
+
+/// A request on a control connection that already carries a session.
+/// Returns false if the connection should be dropped.
+async fn answer_stray_request(reader: &mut ControlReader, control: &ControlWriter) -> bool {
+    let Ok(Some(packet)) = reader.read_packet().await else {
+        return false;
+    };
+    let reply = match wire::decode_client(&packet) {
+        Ok(wire::ClientMessage::AliveCheck { rid }) => ServerMessage::Alive {
+            rid,
+            pid: std::process::id(),
+        },
+        Ok(wire::ClientMessage::NewSession { rid, .. }) => {
+            let _ = reader.receive_fds(SessionRequest::FD_COUNT).await;
+            ServerMessage::Failure {
+                rid,
+                reason: "Multiple sessions not supported".into(),
+            }
+        }
+        Ok(wire::ClientMessage::NewStdioForward { rid, .. }) => {
+            let _ = reader
+                .receive_fds(wire::StdioForwardRequest::FD_COUNT)
+                .await;
+            ServerMessage::Failure {
+                rid,
+                reason: "Multiple sessions not supported".into(),
+            }
+        }
+        Ok(wire::ClientMessage::Hello { .. }) | Err(_) => return false,
+        Ok(other) => ServerMessage::Failure {
+            rid: request_id(&other),
+            reason: "unsupported request".into(),
+        },
+    };
+    control.send(&reply).await.is_ok()
+}
+
+fn request_id(message: &wire::ClientMessage) -> u32 {
+    use wire::ClientMessage::*;
+    match message {
+        Hello { .. } => 0,
+        NewSession { rid, .. }
+        | AliveCheck { rid }
+        | Terminate { rid }
+        | OpenForward { rid, .. }
+        | CloseForward { rid, .. }
+        | NewStdioForward { rid, .. }
+        | StopListening { rid }
+        | Proxy { rid }
+        | ExtInfo { rid, .. }
+        | Unknown { rid, .. } => *rid,
+    }
+}
+
+/// Starts the writer for one output stream. The queue is unbounded so that
+/// pushing never waits (see the module header).
+fn spawn_output(fd: PassedFd) -> (mpsc::UnboundedSender<Bytes>, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let handle = tokio::spawn(async move {
+        let Ok(mut sink) = OutputSink::new(fd) else {
+            while rx.recv().await.is_some() {}
+            return;
+        };
+        let mut broken = false;
+        while let Some(chunk) = rx.recv().await {
+            if !broken && sink.write_all(chunk).await.is_err() {
+                // The reader went away; keep draining so nothing upstream
+                // waits, as OpenSSH discards output to a closed fd.
+                broken = true;
+            }
+        }
+        let _ = sink.finish().await;
+    });
+    (tx, handle)
+}
+
+/// Starts the reader of the client's stdin: data goes upstream as the
+/// server's window allows; on a terminal, escapes are filtered out.
+fn spawn_input(
+    stdin: PassedFd,
+    mut escape: Option<EscapeFilter>,
+    upstream: Arc<russh::ChannelWriteHalf<Msg>>,
+    actions: mpsc::UnboundedSender<EscapeAction>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut source) = InputSource::new(stdin) else {
+            let _ = upstream.eof().await;
+            return;
+        };
+        loop {
+            let chunk = match source.read(READ_CHUNK).await {
+                Ok(chunk) if !chunk.is_empty() => chunk,
+                _ => {
+                    let _ = upstream.eof().await;
+                    return;
+                }
+            };
+            let Some(filter) = escape.as_mut() else {
+                if upstream.data_bytes(chunk).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            for piece in filter.filter(&chunk) {
+                match piece {
+                    Filtered::Data(data) => {
+                        if upstream.data_bytes(Bytes::from(data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Filtered::Action(action) => {
+                        let terminate = matches!(action, EscapeAction::Terminate);
+                        let _ = actions.send(action);
+                        if terminate {
+                            // Hold stdin until the session task tears down.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Waits for a oneshot, treating a dropped sender as "never".
+pub async fn never_if_dropped<T>(rx: oneshot::Receiver<T>) -> T {
+    match rx.await {
+        Ok(value) => value,
+        Err(_) => std::future::pending().await,
+    }
+}
