@@ -8,10 +8,29 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+
+static IS_CHILD: AtomicBool = AtomicBool::new(false);
+static DETACHED: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as the background child (before logging starts).
+pub fn mark_child() {
+    IS_CHILD.store(true, Ordering::Relaxed);
+}
+
+pub fn is_child() -> bool {
+    IS_CHILD.load(Ordering::Relaxed)
+}
+
+/// Whether stderr is now the log file rather than the user's terminal.
+pub fn detached() -> bool {
+    DETACHED.load(Ordering::Relaxed)
+}
 
 /// What the parent learned from its background child.
 pub enum Started {
@@ -68,6 +87,7 @@ pub fn detach(log_file: &Path) -> anyhow::Result<()> {
         crate::paths::ensure_private_dir(dir)?;
     }
     let log = std::fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .append(true)
         .open(log_file)
@@ -75,5 +95,6 @@ pub fn detach(log_file: &Path) -> anyhow::Result<()> {
     rustix::stdio::dup2_stdin(null.as_fd())?;
     rustix::stdio::dup2_stdout(null.as_fd())?;
     rustix::stdio::dup2_stderr(log.as_fd())?;
+    DETACHED.store(true, Ordering::Relaxed);
     Ok(())
 }

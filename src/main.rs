@@ -5,12 +5,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use muxguard::cli::{Cli, Command};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.command, Command::Connect(a) if a.daemon_child) {
+        muxguard::daemon::mark_child();
+    }
     init_logging(
         cli.verbose,
-        matches!(&cli.command, Command::Connect(a) if a.foreground && !a.daemon_child),
+        matches!(&cli.command, Command::Connect(a) if a.foreground),
     );
     let result = match cli.command {
         Command::Connect(args) => muxguard::connect::run(args),
@@ -30,8 +34,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Foreground masters log at info level; everything else only says what
-/// went wrong. -v and RUST_LOG add detail.
+/// Masters log at info level; everything else only says what went wrong.
+/// A background master shows only warnings on the user's terminal until it
+/// has detached and its stderr is its log file. -v and MUXGUARD_LOG add
+/// detail.
 fn init_logging(verbose: u8, foreground: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (verbose, foreground) {
@@ -44,7 +50,12 @@ fn init_logging(verbose: u8, foreground: bool) {
         EnvFilter::try_from_env("MUXGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr.with_filter(|meta| {
+            muxguard::daemon::detached()
+                || *meta.level() <= tracing::Level::WARN
+                || !muxguard::daemon::is_child()
+        }))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -215,10 +215,6 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         on_ready,
     } = options;
     let upstream = connect::connect(&config).await?;
-    info!(
-        "connected to {}@{} ({}), host key {}",
-        config.user, config.hostname, upstream.peer, upstream.host_key_fingerprint
-    );
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
 
@@ -238,7 +234,14 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     });
 
     on_ready(&control_path)?;
-    info!("listening on {}", control_path.display());
+    info!(
+        "connected to {}@{} ({}), host key {}; listening on {}",
+        master.config.user,
+        master.config.hostname,
+        upstream.peer,
+        upstream.host_key_fingerprint,
+        control_path.display()
+    );
 
     let reason = serve(&master, listener, &socket, upstream.closed.clone(), persist).await;
     master.shutdown(&reason.text);
