@@ -32,6 +32,8 @@ use crate::upstream::connect::{self, ClientHandler};
 pub struct MasterState {
     pub config: HostConfig,
     pub upstream: Arc<Handle<ClientHandler>>,
+    /// Becomes `Some(reason)` when the upstream connection is gone.
+    pub upstream_closed: watch::Receiver<connect::ClosedReason>,
     /// Bumped on every SIGWINCH; tty sessions re-read their window size.
     pub winch: watch::Sender<u64>,
     /// Becomes `Some(reason)` when the master is shutting down.
@@ -98,6 +100,19 @@ impl MasterState {
                 false
             }
         });
+    }
+
+    /// Why the upstream connection ended, waiting briefly for the reason
+    /// when a channel has noticed first.
+    pub async fn connection_lost_reason(&self) -> String {
+        let mut closed = self.upstream_closed.clone();
+        let reason =
+            tokio::time::timeout(Duration::from_millis(200), closed.wait_for(|r| r.is_some()))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|r| r.clone()))
+                .unwrap_or_else(|| "connection lost".into());
+        format!("connection to {} closed: {reason}", self.config.hostname)
     }
 
     pub fn stop_listening(&self) {
@@ -225,6 +240,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let master = Arc::new(MasterState {
         config,
         upstream: Arc::clone(&upstream.handle),
+        upstream_closed: upstream.closed.clone(),
         winch,
         shutdown,
         listening,

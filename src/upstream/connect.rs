@@ -140,7 +140,7 @@ impl HostKeyCheck {
                     StrictHostKeyChecking::Yes => Err(format!(
                         "no {} host key is known for {name}{hint} and StrictHostKeyChecking is yes: \
                          host key verification failed (server key {fingerprint}); \
-                         add it with `ssh {name}` or ssh-keyscan after checking it",
+                         check the key, then record it with ssh (StrictHostKeyChecking ask) or ssh-keyscan",
                         public.algorithm()
                     )),
                     StrictHostKeyChecking::Ask => {

@@ -201,8 +201,15 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                     }
                     None => {}
                 },
-                Some(ChannelMsg::Close) | None => {
+                Some(ChannelMsg::Close) => {
                     break SessionEnd::Finished { exit_status };
+                }
+                None => {
+                    // The channel vanished without a CLOSE: the connection
+                    // itself is gone. Say so on the client's stderr.
+                    let reason = master.connection_lost_reason().await;
+                    let _ = stderr_queue.send(Bytes::from(format!("muxguard: {reason}\r\n")));
+                    break SessionEnd::MasterShutdown(reason);
                 }
                 Some(_) => {}
             },
