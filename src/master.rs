@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
 use crate::upstream::connect::{self, ClientHandler};
+use crate::upstream::forward::{Forwards, RemoteRoutes};
 
 /// State shared by every control connection of one master.
 pub struct MasterState {
@@ -39,6 +40,8 @@ pub struct MasterState {
     /// Becomes `Some(reason)` when the master is shutting down.
     pub shutdown: watch::Sender<Option<String>>,
     listening: watch::Sender<bool>,
+    pub forwards: Forwards,
+    pub remote_routes: Arc<RemoteRoutes>,
     next_session: AtomicU32,
     sessions: Mutex<BTreeMap<u32, SessionInfo>>,
     /// The number of live sessions, watched by the persistence timer.
@@ -80,11 +83,19 @@ impl MasterState {
                 started: Instant::now(),
             },
         );
-        self.active.send_modify(|n| *n += 1);
+        self.recount_active();
         SessionGuard {
             master: Arc::clone(self),
             id,
         }
+    }
+
+    /// Recounts what keeps the master busy (sessions and forwards) for
+    /// persistence; call after either changes.
+    pub fn recount_active(&self) {
+        let busy = self.sessions.lock().expect("not poisoned").len() + self.forwards.count();
+        self.active
+            .send_if_modified(|n| std::mem::replace(n, busy) != busy);
     }
 
     pub fn accepting_sessions(&self) -> bool {
@@ -134,6 +145,9 @@ impl MasterState {
                 info.description,
                 info.started.elapsed().as_secs()
             ));
+        }
+        for forward in self.forwards.describe() {
+            text.push_str(&format!("  {forward}\r\n"));
         }
         text
     }
@@ -229,7 +243,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         persist,
         on_ready,
     } = options;
-    let upstream = connect::connect(&config).await?;
+    let remote_routes = Arc::new(RemoteRoutes::default());
+    let upstream = connect::connect(&config, Arc::clone(&remote_routes)).await?;
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
 
@@ -244,6 +259,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         winch,
         shutdown,
         listening,
+        forwards: Forwards::default(),
+        remote_routes,
         next_session: AtomicU32::new(1),
         sessions: Mutex::new(BTreeMap::new()),
         active,

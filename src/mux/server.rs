@@ -10,9 +10,10 @@ use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 use super::fdpass::{ControlReader, ControlWriter, ReadError};
-use super::passed_fd;
+use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
 use crate::master::MasterState;
+use crate::upstream::forward::{self, OpenResult};
 use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart};
 
 /// Serves one accepted control connection until it ends.
@@ -173,32 +174,96 @@ async fn serve(
                 master.stop_listening();
                 writer.send(&ServerMessage::Ok { rid }).await?;
             }
-            ClientMessage::NewStdioForward { rid, .. } => {
-                let _fds = reader
+            ClientMessage::NewStdioForward { rid, request } => {
+                let fds = reader
                     .receive_fds(wire::StdioForwardRequest::FD_COUNT)
                     .await?;
+                let fds = match passed_fd::adopt(fds) {
+                    Ok(fds) => fds,
+                    Err(e) => {
+                        writer
+                            .send(&ServerMessage::Failure {
+                                rid,
+                                reason: format!("cannot use passed file descriptors: {e}"),
+                            })
+                            .await?;
+                        continue;
+                    }
+                };
+                let session_id = master.next_session_id();
+                let description = format!("stdio forward to {}", request.target);
+                info!(client = client_id, session = session_id, "{description}");
+                let _guard = master.register_session(session_id, description);
+                let channel = match forward::open_channel(
+                    &master.upstream,
+                    &request.target,
+                    forward::stdio_origin(),
+                )
+                .await
+                {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        warn!(
+                            session = session_id,
+                            "server refused stdio forward to {}: {e}", request.target
+                        );
+                        writer
+                            .send(&ServerMessage::Failure {
+                                rid,
+                                reason: "Session open refused by peer".into(),
+                            })
+                            .await?;
+                        continue;
+                    }
+                };
+                let mut fds = fds.into_iter();
+                let (Some(stdin), Some(stdout)) = (fds.next(), fds.next()) else {
+                    return Err(ReadError::MissingFds.into());
+                };
+                let (source, sink) = (InputSource::new(stdin)?, OutputSink::new(stdout)?);
                 writer
-                    .send(&ServerMessage::Failure {
-                        rid,
-                        reason: "stdio forwarding is not supported by this master yet".into(),
-                    })
+                    .send(&ServerMessage::SessionOpened { rid, session_id })
                     .await?;
+                let mut shutdown = master.shutdown.subscribe();
+                let cancel = async {
+                    tokio::select! {
+                        _ = reader.peer_closed_or_readable() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                };
+                forward::bridge(channel, source, sink, cancel).await;
+                // No EXIT_MESSAGE for a stdio forward: closing is the end.
+                info!(
+                    client = client_id,
+                    session = session_id,
+                    "stdio forward ended"
+                );
+                return Ok(());
             }
-            ClientMessage::OpenForward { rid, .. } => {
-                writer
-                    .send(&ServerMessage::Failure {
-                        rid,
-                        reason: "port forwarding is not supported by this master yet".into(),
-                    })
-                    .await?;
+            ClientMessage::OpenForward { rid, spec } => {
+                let reply = match master
+                    .forwards
+                    .open(spec, &master.upstream, &master.remote_routes)
+                    .await
+                {
+                    OpenResult::Opened => ServerMessage::Ok { rid },
+                    OpenResult::RemotePort(port) => ServerMessage::RemotePort { rid, port },
+                    OpenResult::Failed(reason) => ServerMessage::Failure { rid, reason },
+                };
+                master.recount_active();
+                writer.send(&reply).await?;
             }
-            ClientMessage::CloseForward { rid, .. } => {
-                writer
-                    .send(&ServerMessage::Failure {
-                        rid,
-                        reason: "port not forwarded".into(),
-                    })
-                    .await?;
+            ClientMessage::CloseForward { rid, spec } => {
+                let reply = match master
+                    .forwards
+                    .close(&spec, &master.upstream, &master.remote_routes)
+                    .await
+                {
+                    Ok(()) => ServerMessage::Ok { rid },
+                    Err(reason) => ServerMessage::Failure { rid, reason },
+                };
+                master.recount_active();
+                writer.send(&reply).await?;
             }
             ClientMessage::Proxy { rid } => {
                 // A proxy client speaks raw SSH connection-protocol packets

@@ -12,6 +12,7 @@ use russh::client::{self, Handle};
 use russh::keys::{PublicKeyOrCertificate, ssh_key};
 use tokio::sync::watch;
 
+use super::forward::{self, RemoteRoutes};
 use super::known_hosts::{self, HostKeyVerdict, KnownHosts};
 use crate::config::{HostConfig, StrictHostKeyChecking};
 
@@ -26,6 +27,8 @@ pub struct ClientHandler {
     /// russh's generic error.
     host_key_outcome: Arc<Mutex<Option<Result<String, String>>>>,
     closed: watch::Sender<ClosedReason>,
+    /// Where connections on our remote forwards go.
+    remote_routes: Arc<RemoteRoutes>,
 }
 
 struct HostKeyCheck {
@@ -70,6 +73,43 @@ impl client::Handler for ClientHandler {
         let accepted = outcome.is_ok();
         *self.host_key_outcome.lock().expect("not poisoned") = Some(outcome);
         Ok(accepted)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let target = self
+            .remote_routes
+            .tcp_target(connected_address, connected_port);
+        let description = format!(
+            "remote forward connection {connected_address}:{connected_port} from {originator_address}:{originator_port}"
+        );
+        forward::accept_remote_connection(channel, reply, target, description);
+        Ok(())
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let target = self.remote_routes.unix_target(socket_path);
+        forward::accept_remote_connection(
+            channel,
+            reply,
+            target,
+            format!("remote forward connection on {socket_path}"),
+        );
+        Ok(())
     }
 
     async fn disconnected(
@@ -251,7 +291,10 @@ pub struct Upstream {
 }
 
 /// Connects, verifies the host key and authenticates.
-pub async fn connect(config: &HostConfig) -> anyhow::Result<Upstream> {
+pub async fn connect(
+    config: &HostConfig,
+    remote_routes: Arc<RemoteRoutes>,
+) -> anyhow::Result<Upstream> {
     let (stream, peer) = tcp_connect(config)?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
@@ -282,6 +325,7 @@ pub async fn connect(config: &HostConfig) -> anyhow::Result<Upstream> {
         },
         host_key_outcome: Arc::clone(&outcome),
         closed: closed_tx,
+        remote_routes,
     };
 
     let russh_config = Arc::new(russh_config(config, &known));

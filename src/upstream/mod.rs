@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod connect;
+pub mod forward;
 pub mod known_hosts;
 pub mod session;
+pub mod socks;
 pub mod ttymodes;

@@ -1,0 +1,768 @@
+#!/usr/bin/env python3
+"""muxguard vs OpenSSH's own master vs fresh connections, in one run, against
+one throwaway local sshd.
+
+Measures
+  1. new-session latency: `ssh -S sock alias true` (and `-O check`, which
+     needs no remote process), median and p90, for muxguard, `ssh -M` and
+     fresh connections (`-o ControlPath=none`);
+  2. bulk throughput through one session (upload and download, default
+     1 GiB), per cipher, with the master's CPU time during the transfer.
+
+The two masters are interleaved round by round (order alternating) so that
+drift on a noisy machine hits both alike. Python standard library only.
+
+    python3 bench/bench.py                  # defaults: 30 runs, 1 GiB x 3
+    python3 bench/bench.py --markdown docs/benchmarks.md
+
+MUXGUARD_BIN=/path/to/muxguard skips the `cargo build --release`.
+"""
+
+import argparse
+import datetime
+import getpass
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1 << 20
+DEFAULT_CIPHERS = "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com"
+MD_BEGIN = "<!-- bench.py results: begin -->"
+MD_END = "<!-- bench.py results: end -->"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_size(text):
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 1G, 256M)")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def percentile(values, p):
+    """Linear interpolation between closest ranks (like numpy's default)."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * p / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    """utime+stime of a whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def vm_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+class Procs:
+    """Everything long-lived we start, killed (whole process group) at exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, **kw):
+        p = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, grace=3.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        else:
+            # The leader is gone; make sure nothing it left in its group lives.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            self.stop(p)
+
+
+# ---------------------------------------------------------------- set-up
+
+
+class Env:
+    def __init__(self, tmp, procs, ssh="ssh", shell_rc=False):
+        self.shell_rc = shell_rc
+        self.tmp = tmp
+        self.procs = procs
+        self.ssh = ssh
+        self.port = None
+        self.sshd = None
+        self.sshd_log = os.path.join(tmp, "sshd.log")
+        self.alias = "bench"
+
+    def start_sshd(self):
+        tmp = self.tmp
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        hostkey = os.path.join(tmp, "host_ed25519")
+        userkey = os.path.join(tmp, "user_ed25519")
+        for key in (hostkey, userkey):
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key],
+                stdout=subprocess.DEVNULL)
+        shutil.copy(userkey + ".pub", os.path.join(tmp, "authorized_keys"))
+        self.userkey = userkey
+        with open(hostkey + ".pub") as f:
+            self.hostpub = " ".join(f.read().split()[:2])
+        sshd_path = shutil.which("sshd") or "/usr/sbin/sshd"
+        last_err = ""
+        for _attempt in range(5):
+            self.port = free_port()
+            cfg = os.path.join(tmp, "sshd_config")
+            with open(cfg, "w") as f:
+                f.write(
+                    f"ListenAddress 127.0.0.1:{self.port}\n"
+                    f"HostKey {hostkey}\n"
+                    f"AuthorizedKeysFile {tmp}/authorized_keys\n"
+                    "PidFile none\n"
+                    "UsePAM no\n"
+                    "StrictModes no\n"
+                    "PermitRootLogin prohibit-password\n"
+                    "PasswordAuthentication no\n"
+                    "KbdInteractiveAuthentication no\n"
+                    "PubkeyAuthentication yes\n"
+                    "PrintMotd no\n"
+                    "PrintLastLog no\n"
+                    "UseDNS no\n"
+                    "X11Forwarding no\n"
+                    "MaxSessions 100\n"
+                    "MaxStartups 100:30:200\n"
+                    # DEBUG1 for the negotiated-cipher lines (kex: ...
+                    # cipher: ...); same cost for every method measured.
+                    "LogLevel DEBUG1\n"
+                    "Subsystem sftp internal-sftp\n"
+                    # Debian's bash sources ~/.bashrc for `ssh host cmd`
+                    # unless SHLVL says it is nested; a heavy .bashrc
+                    # (pyenv init, ...) would otherwise dominate and blur
+                    # the per-session latency. Same for every method.
+                    + ("" if self.shell_rc else "SetEnv SHLVL=1\n")
+                )
+            open(self.sshd_log, "w").close()
+            self.sshd = self.procs.start(
+                [sshd_path, "-D", "-f", cfg, "-E", self.sshd_log],
+                stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self.sshd.poll() is not None:
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            if self.sshd.poll() is None:
+                break
+            with open(self.sshd_log) as f:
+                last_err = f.read()
+            self.procs.stop(self.sshd)
+        else:
+            raise RuntimeError(f"sshd did not start:\n{last_err}")
+        with open(os.path.join(tmp, "known_hosts"), "w") as f:
+            f.write(f"[127.0.0.1]:{self.port} {self.hostpub}\n")
+
+    def write_config(self, cipher):
+        path = os.path.join(self.tmp, f"ssh_config.{cipher.split('@')[0]}")
+        with open(path, "w") as f:
+            f.write(
+                f"Host {self.alias}\n"
+                "  HostName 127.0.0.1\n"
+                f"  Port {self.port}\n"
+                f"  User {getpass.getuser()}\n"
+                f"  IdentityFile {self.userkey}\n"
+                "  IdentitiesOnly yes\n"
+                "  IdentityAgent none\n"
+                f"  UserKnownHostsFile {self.tmp}/known_hosts\n"
+                "  GlobalKnownHostsFile /dev/null\n"
+                "  StrictHostKeyChecking yes\n"
+                "  UpdateHostKeys no\n"
+                "  BatchMode yes\n"
+                "  Compression no\n"
+                "  ForwardAgent no\n"
+                "  ForwardX11 no\n"
+                "  AddressFamily inet\n"
+                "  ControlMaster no\n"
+                "  ControlPath none\n"
+                "  ControlPersist no\n"
+                "  ServerAliveInterval 0\n"
+                f"  Ciphers {cipher}\n"
+                "  LogLevel ERROR\n"
+            )
+        return path
+
+    def sshd_log_size(self):
+        return os.path.getsize(self.sshd_log)
+
+    def sshd_log_since(self, offset):
+        with open(self.sshd_log, errors="replace") as f:
+            f.seek(offset)
+            return f.read()
+
+
+class Method:
+    """One way of reaching the sshd: a master (muxguard / openssh) or fresh."""
+
+    def __init__(self, name, label, env, cfg, sock=None):
+        self.name = name
+        self.label = label
+        self.env = env
+        self.cfg = cfg
+        self.sock = sock
+        self.proc = None
+        self.cipher_seen = None
+        self.log_path = None
+
+    def client(self, *extra, check=False):
+        base = [self.env.ssh, "-F", self.cfg]
+        if self.sock:
+            base += ["-S", self.sock]
+        else:
+            base += ["-o", "ControlPath=none"]
+        base += list(extra)
+        if check:
+            return base + ["-O", "check", self.env.alias]
+        return base
+
+    def check_cmd(self):
+        return [self.env.ssh, "-F", self.cfg, "-S", self.sock, "-O", "check",
+                self.env.alias]
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.label} exited with {self.proc.returncode} before "
+                    f"becoming ready; log:\n{self.read_log()}")
+            r = subprocess.run(self.check_cmd(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.label} not ready after {timeout}s; log:\n"
+                           f"{self.read_log()}")
+
+    def read_log(self):
+        if not self.log_path or not os.path.exists(self.log_path):
+            return ""
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def start(self, cmd):
+        offset = self.env.sshd_log_size()
+        self.log_path = os.path.join(self.env.tmp, f"{self.name}.log")
+        logf = open(self.log_path, "ab")
+        try:
+            self.proc = self.env.procs.start(cmd, stdin=subprocess.DEVNULL,
+                                             stdout=logf, stderr=logf)
+        finally:
+            logf.close()
+        self.wait_ready()
+        text = self.env.sshd_log_since(offset)
+        m = re.search(r"kex: client->server cipher: (\S+)", text)
+        self.cipher_seen = m.group(1) if m else None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            subprocess.run([self.env.ssh, "-F", self.cfg, "-S", self.sock,
+                            "-O", "exit", self.env.alias],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=10)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                log(f"warning: {self.label} did not exit after -O exit "
+                    "within 5 s; sending SIGTERM")
+        self.env.procs.stop(self.proc)
+        self.proc = None
+
+
+def start_muxguard(env, cfg, bin_path):
+    m = Method("muxguard", "muxguard master", env, cfg,
+               os.path.join(env.tmp, "mg.sock"))
+    m.start([bin_path, "connect", "-F", cfg, "--control-path", m.sock,
+             "--foreground", env.alias])
+    return m
+
+
+def start_openssh(env, cfg):
+    m = Method("openssh", "OpenSSH master", env, cfg,
+               os.path.join(env.tmp, "os.sock"))
+    m.start([env.ssh, "-F", cfg, "-M", "-N", "-S", m.sock,
+             "-o", "ControlPersist=no", env.alias])
+    return m
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def timed(cmd):
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=60)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: "
+                           f"{r.stderr.decode(errors='replace').strip()}")
+    return dt * 1000.0
+
+
+def count_auths(text):
+    return len(re.findall(r"Accepted publickey for ", text))
+
+
+def bench_latency(env, methods, runs, warmup=3):
+    """methods: list of Method; returns {name: {"true": [...], "check": [...]}}"""
+    res = {m.name: {"true": [], "check": []} for m in methods}
+    masters = [m for m in methods if m.sock]
+    for _ in range(warmup):
+        for m in methods:
+            timed(m.client() + [env.alias, "true"])
+    offset = env.sshd_log_size()
+    mux_auths_before = 0
+    for i in range(runs):
+        order = methods[i % len(methods):] + methods[:i % len(methods)]
+        for m in order:
+            res[m.name]["true"].append(timed(m.client() + [env.alias, "true"]))
+        for m in (masters if i % 2 == 0 else masters[::-1]):
+            res[m.name]["check"].append(timed(m.check_cmd()))
+    # Sanity: sessions through a master must not authenticate anew (a refused
+    # mux session makes the stock client silently connect directly).
+    auths = count_auths(env.sshd_log_since(offset))
+    fresh_runs = sum(1 for m in methods if not m.sock) * runs
+    extra = auths - fresh_runs - mux_auths_before
+    return res, extra
+
+
+class Killer:
+    def __init__(self, proc, timeout):
+        self.proc = proc
+        self.fired = False
+        self.t = threading.Timer(timeout, self._fire)
+        self.t.daemon = True
+
+    def _fire(self):
+        self.fired = True
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self.t.cancel()
+
+
+def upload(m, size, timeout):
+    """Pipe `size` zero bytes from Python into one session; remote counts."""
+    cmd = m.client() + [m.env.alias, "wc -c"]
+    chunk = memoryview(bytes(MIB))
+    c0 = cpu_ticks(m.proc.pid) if m.proc else None
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        with Killer(p, timeout) as k:
+            fd = p.stdin.fileno()
+            left = size
+            try:
+                while left:
+                    n = os.write(fd, chunk[:min(left, MIB)])
+                    left -= n
+            except BrokenPipeError:
+                pass
+            p.stdin.close()
+            out = p.stdout.read()
+            err = p.stderr.read()
+            p.wait()
+        dt = time.perf_counter() - t0
+        c1 = cpu_ticks(m.proc.pid) if m.proc else None
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if k.fired:
+        raise RuntimeError(f"upload via {m.label} timed out after {timeout}s")
+    got = out.decode().strip()
+    if p.returncode != 0 or got != str(size):
+        raise RuntimeError(f"upload via {m.label}: exit {p.returncode}, remote "
+                           f"counted {got!r} of {size}; {err.decode(errors='replace').strip()}")
+    cpu = (c1 - c0) / CLK_TCK if c0 is not None else None
+    return size / MIB / dt, cpu, dt
+
+
+def download(m, size, timeout):
+    cmd = m.client() + [m.env.alias, f"head -c {size} /dev/zero"]
+    buf = bytearray(MIB)
+    c0 = cpu_ticks(m.proc.pid) if m.proc else None
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True,
+                         bufsize=0)
+    try:
+        with Killer(p, timeout) as k:
+            got = 0
+            while True:
+                n = p.stdout.readinto(buf)
+                if not n:
+                    break
+                got += n
+            err = p.stderr.read()
+            p.wait()
+        dt = time.perf_counter() - t0
+        c1 = cpu_ticks(m.proc.pid) if m.proc else None
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if k.fired:
+        raise RuntimeError(f"download via {m.label} timed out after {timeout}s")
+    if p.returncode != 0 or got != size:
+        raise RuntimeError(f"download via {m.label}: exit {p.returncode}, got "
+                           f"{got} of {size} bytes; {err.decode(errors='replace').strip()}")
+    cpu = (c1 - c0) / CLK_TCK if c0 is not None else None
+    return size / MIB / dt, cpu, dt
+
+
+def bench_bulk(masters, size, repeats, timeout):
+    res = {m.name: {"up": [], "down": [], "up_cpu": [], "down_cpu": []}
+           for m in masters}
+    for r in range(repeats):
+        for direction, fn in (("up", upload), ("down", download)):
+            order = masters if r % 2 == 0 else masters[::-1]
+            for m in order:
+                rate, cpu, dt = fn(m, size, timeout)
+                res[m.name][direction].append(rate)
+                res[m.name][direction + "_cpu"].append(cpu)
+                log(f"    round {r + 1} {direction:4} {m.label:16} "
+                    f"{rate:8.1f} MiB/s  {dt:6.2f} s  master CPU {cpu:.2f} s")
+    return res
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def machine_info(ssh):
+    def out(cmd):
+        try:
+            r = subprocess.run(cmd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            return r.stdout.strip()
+        except OSError:
+            return "?"
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "nproc": out(["nproc"]),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "ssh": out([ssh, "-V"]),
+    }
+
+
+def fmt_ratio(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
+                 mg_hwm):
+    L = []
+    L.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
+             f"{info['kernel']}, {info['ssh']}; {info['date']}")
+    L.append(f"Command: `{cmdline}`")
+    L.append("")
+    if lat:
+        L.append(f"### New-session latency ({args.runs} runs each, interleaved; "
+                 f"cipher {args.ciphers[0]})")
+        L.append("")
+        L.append("| method | `true` median ms | `true` p90 ms | `-O check` median ms | `-O check` p90 ms |")
+        L.append("|---|---:|---:|---:|---:|")
+        labels = {"muxguard": "muxguard master", "openssh": "OpenSSH master (`ssh -M`)",
+                  "fresh": "fresh connection"}
+        for name in ("muxguard", "openssh", "fresh"):
+            if name not in lat:
+                continue
+            t = lat[name]["true"]
+            c = lat[name]["check"]
+            cm = f"{statistics.median(c):.1f}" if c else "–"
+            cp = f"{percentile(c, 90):.1f}" if c else "–"
+            L.append(f"| {labels[name]} | {statistics.median(t):.1f} | "
+                     f"{percentile(t, 90):.1f} | {cm} | {cp} |")
+        L.append("")
+        mg, osm = lat.get("muxguard"), lat.get("openssh")
+        if mg and osm:
+            r_true = statistics.median(mg["true"]) / statistics.median(osm["true"])
+            r_chk = statistics.median(mg["check"]) / statistics.median(osm["check"])
+            L.append(f"Ratio muxguard / OpenSSH master (median, lower is better, "
+                     f"target ≤ 1.0): `true` **{r_true:.2f}**, `-O check` "
+                     f"**{r_chk:.2f}**")
+            if "fresh" in lat:
+                r_f = statistics.median(mg["true"]) / statistics.median(lat["fresh"]["true"])
+                L.append(f"Ratio muxguard / fresh connection: {r_f:.2f}")
+            dm = statistics.median(mg["true"]) - statistics.median(mg["check"])
+            do = statistics.median(osm["true"]) - statistics.median(osm["check"])
+            L.append(f"`true` minus `-O check` (the remote session itself): "
+                     f"muxguard {dm:.1f} ms, OpenSSH master {do:.1f} ms")
+        if lat_extra_auths:
+            L.append(f"**WARNING**: sshd saw {lat_extra_auths} extra "
+                     "authentications during the mux runs (a client fell back "
+                     "to a direct connection?)")
+        L.append("")
+    if bulk:
+        L.append(f"### Bulk throughput, one session, {args.size / MIB:.0f} MiB, "
+                 f"median of {args.repeats}")
+        L.append("")
+        L.append("| cipher | direction | muxguard MiB/s | OpenSSH master MiB/s | "
+                 "ratio (target ≥ 0.9) | muxguard CPU s | OpenSSH CPU s |")
+        L.append("|---|---|---:|---:|---:|---:|---:|")
+        for cipher, res in bulk.items():
+            for d, dname in (("up", "upload"), ("down", "download")):
+                mg = statistics.median(res["muxguard"][d])
+                osm = statistics.median(res["openssh"][d])
+                mgc = statistics.median(res["muxguard"][d + "_cpu"])
+                osc = statistics.median(res["openssh"][d + "_cpu"])
+                L.append(f"| {cipher} | {dname} | {mg:.0f} | {osm:.0f} | "
+                         f"**{mg / osm:.2f}** | {mgc:.2f} | {osc:.2f} |")
+        L.append("")
+        L.append("CPU s = user+system time of the master process (all threads) "
+                 "during one transfer, median.")
+        seen = ", ".join(f"{c}: muxguard→{s.get('muxguard')}, "
+                         f"OpenSSH→{s.get('openssh')}"
+                         for c, s in ciphers_seen.items())
+        L.append(f"Negotiated ciphers (from sshd's log): {seen}")
+        if mg_hwm:
+            L.append(f"muxguard master peak RSS (VmHWM): {mg_hwm / 1024:.1f} MiB")
+        L.append("")
+    return "\n".join(L)
+
+
+def print_tables(report):
+    # The markdown tables read fine on a terminal too.
+    print()
+    print(report)
+
+
+def write_markdown(path, report):
+    block = f"{MD_BEGIN}\n{report.rstrip()}\n{MD_END}\n"
+    text = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if MD_BEGIN in text and MD_END in text:
+        pre = text.split(MD_BEGIN, 1)[0]
+        post = text.split(MD_END, 1)[1].lstrip("\n")
+        text = pre + block + ("\n" + post if post else "")
+    else:
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += ("\n" if text else "") + "## Results (bench.py)\n\n" + block
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- main
+
+
+def muxguard_binary():
+    env_bin = os.environ.get("MUXGUARD_BIN")
+    if env_bin:
+        if not os.access(env_bin, os.X_OK):
+            sys.exit(f"MUXGUARD_BIN={env_bin} is not an executable")
+        return env_bin
+    log("building muxguard (cargo build --release; set MUXGUARD_BIN to skip)")
+    run(["cargo", "build", "--release"], cwd=REPO)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    return os.path.join(target, "release", "muxguard")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--runs", type=int, default=30,
+                    help="latency runs per method (default 30)")
+    ap.add_argument("--size", type=parse_size, default=1 << 30,
+                    help="bytes per bulk transfer, e.g. 1G, 256M (default 1G)")
+    ap.add_argument("-r", "--repeats", type=int, default=3,
+                    help="bulk transfers per direction/master/cipher (default 3)")
+    ap.add_argument("--ciphers", default=DEFAULT_CIPHERS,
+                    help=f"comma-separated; bulk runs once per cipher, latency "
+                         f"with the first (default {DEFAULT_CIPHERS})")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-bulk", action="store_true")
+    ap.add_argument("--no-fresh", action="store_true",
+                    help="skip fresh-connection latency")
+    ap.add_argument("--shell-rc", action="store_true",
+                    help="let the remote bash read ~/.bashrc (by default sshd "
+                         "sets SHLVL=1 so that it does not)")
+    ap.add_argument("--timeout", type=float, default=120,
+                    help="seconds before one bulk transfer is abandoned")
+    ap.add_argument("--markdown", metavar="FILE",
+                    help="write/update a results section in FILE")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temp dir (logs, configs) for inspection")
+    args = ap.parse_args()
+    args.ciphers = [c for c in args.ciphers.split(",") if c]
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    bin_path = muxguard_binary()
+    cmdline = "python3 bench/bench.py" + "".join(
+        f" {a}" for a in sys.argv[1:])
+    if os.environ.get("MUXGUARD_BIN"):
+        cmdline = "MUXGUARD_BIN=… " + cmdline
+    info = machine_info("ssh")
+
+    tmp = tempfile.mkdtemp(prefix="mgb-")  # short: socket paths ≤ 108 bytes
+    procs = Procs()
+    env = Env(tmp, procs, shell_rc=args.shell_rc)
+    lat = None
+    extra_auths = 0
+    bulk = {}
+    ciphers_seen = {}
+    mg_hwm = None
+    masters = []
+    ok = False
+    try:
+        env.start_sshd()
+        log(f"sshd on 127.0.0.1:{env.port}, temp dir {tmp}")
+        for ci, cipher in enumerate(args.ciphers):
+            cfg = env.write_config(cipher)
+            log(f"[{cipher}] starting masters")
+            t0 = time.perf_counter()
+            mg = start_muxguard(env, cfg, bin_path)
+            t_mg = time.perf_counter() - t0
+            masters = [mg]
+            t0 = time.perf_counter()
+            osm = start_openssh(env, cfg)
+            t_os = time.perf_counter() - t0
+            masters.append(osm)
+            log(f"  ready: muxguard {t_mg * 1000:.0f} ms, OpenSSH "
+                f"{t_os * 1000:.0f} ms (incl. -O check polling)")
+            ciphers_seen[cipher] = {"muxguard": mg.cipher_seen,
+                                    "openssh": osm.cipher_seen}
+            for m in masters:
+                if m.cipher_seen and m.cipher_seen != cipher:
+                    log(f"  WARNING: {m.label} negotiated {m.cipher_seen}, "
+                        f"not {cipher}")
+            if ci == 0 and not args.no_latency:
+                methods = list(masters)
+                if not args.no_fresh:
+                    methods.append(Method("fresh", "fresh connection", env, cfg))
+                log(f"  latency: {args.runs} runs x {len(methods)} methods")
+                lat, extra_auths = bench_latency(env, methods, args.runs)
+            if not args.no_bulk:
+                log(f"  bulk: {args.size / MIB:.0f} MiB x {args.repeats} "
+                    f"x up/down x 2 masters")
+                bulk[cipher] = bench_bulk(masters, args.size, args.repeats,
+                                          args.timeout)
+            hwm = vm_hwm_kib(mg.proc.pid)
+            if hwm:
+                mg_hwm = max(mg_hwm or 0, hwm)
+            for m in masters:
+                m.stop()
+            masters = []
+        ok = True
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        raise SystemExit(130)
+    finally:
+        for m in masters:
+            try:
+                m.stop()
+            except Exception as e:  # keep cleaning up
+                log(f"stopping {m.label}: {e}")
+        procs.stop_all()
+        if not ok:
+            for name in ("muxguard.log", "openssh.log"):
+                p = os.path.join(tmp, name)
+                if os.path.exists(p) and os.path.getsize(p):
+                    with open(p, errors="replace") as f:
+                        log(f"--- {name} (tail) ---\n" + "".join(f.readlines()[-20:]))
+        if args.keep or not ok:
+            log(f"temp dir kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    report = build_report(info, args, cmdline, lat, extra_auths, bulk,
+                          ciphers_seen, mg_hwm)
+    print_tables(report)
+    if args.markdown:
+        write_markdown(args.markdown, report)
+        log(f"results written to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
