@@ -81,6 +81,25 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
+def reset_hwm(pid):
+    """Reset a process's peak RSS (VmHWM) so that the next read is the peak
+    of what follows; needs to own the process (Linux ≥ 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def vm_hwm_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -268,16 +287,12 @@ class Method:
         self.cipher_seen = None
         self.log_path = None
 
-    def client(self, *extra, check=False):
+    def client(self):
+        """ssh's argv up to (not including) the destination."""
         base = [self.env.ssh, "-F", self.cfg]
         if self.sock:
-            base += ["-S", self.sock]
-        else:
-            base += ["-o", "ControlPath=none"]
-        base += list(extra)
-        if check:
-            return base + ["-O", "check", self.env.alias]
-        return base
+            return base + ["-S", self.sock]
+        return base + ["-o", "ControlPath=none"]
 
     def check_cmd(self):
         return [self.env.ssh, "-F", self.cfg, "-S", self.sock, "-O", "check",
@@ -378,7 +393,6 @@ def bench_latency(env, methods, runs, warmup=3):
         for m in methods:
             timed(m.client() + [env.alias, "true"])
     offset = env.sshd_log_size()
-    mux_auths_before = 0
     for i in range(runs):
         order = methods[i % len(methods):] + methods[:i % len(methods)]
         for m in order:
@@ -389,8 +403,7 @@ def bench_latency(env, methods, runs, warmup=3):
     # mux session makes the stock client silently connect directly).
     auths = count_auths(env.sshd_log_since(offset))
     fresh_runs = sum(1 for m in methods if not m.sock) * runs
-    extra = auths - fresh_runs - mux_auths_before
-    return res, extra
+    return res, auths - fresh_runs
 
 
 class Killer:
@@ -415,26 +428,65 @@ class Killer:
         self.t.cancel()
 
 
-def upload(m, size, timeout):
-    """Pipe `size` zero bytes from Python into one session; remote counts."""
-    cmd = m.client() + [m.env.alias, "wc -c"]
-    chunk = memoryview(bytes(MIB))
+# How the client's end of the session is wired. The master receives the
+# client's stdin/stdout descriptors, so this decides the master's I/O path:
+# a pipe is driven by its event loop; a regular file or /dev/null cannot be
+# polled (epoll refuses them), so a master may need helper threads there.
+DIRECTIONS = {
+    "up": "upload, stdin a pipe",
+    "down": "download, stdout a pipe",
+    "up-file": "upload, stdin a regular file",
+    "down-null": "download, stdout /dev/null",
+}
+
+
+def transfer(m, direction, size, timeout, sparse_file=None):
+    """One bulk transfer of `size` bytes through one session of `m`.
+    Returns (MiB/s, master CPU seconds, seconds)."""
+    upload = direction.startswith("up")
+    if upload:
+        cmd = m.client() + [m.env.alias, "wc -c"]
+        stdin = subprocess.PIPE if direction == "up" else open(sparse_file, "rb")
+        stdout = subprocess.PIPE
+    else:
+        cmd = m.client() + [m.env.alias, f"head -c {size} /dev/zero"]
+        stdin = subprocess.DEVNULL
+        stdout = subprocess.PIPE if direction == "down" else subprocess.DEVNULL
+    if m.proc:
+        reset_hwm(m.proc.pid)
     c0 = cpu_ticks(m.proc.pid) if m.proc else None
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        p = subprocess.Popen(cmd, stdin=stdin, stdout=stdout,
+                             stderr=subprocess.PIPE, start_new_session=True,
+                             bufsize=0)
+    finally:
+        if hasattr(stdin, "close"):
+            stdin.close()
+    got = None
     try:
         with Killer(p, timeout) as k:
-            fd = p.stdin.fileno()
-            left = size
-            try:
-                while left:
-                    n = os.write(fd, chunk[:min(left, MIB)])
-                    left -= n
-            except BrokenPipeError:
-                pass
-            p.stdin.close()
-            out = p.stdout.read()
+            if direction == "up":
+                # Generated in Python: 1 MiB writes of a zero buffer.
+                chunk = memoryview(bytes(MIB))
+                fd = p.stdin.fileno()
+                left = size
+                try:
+                    while left:
+                        left -= os.write(fd, chunk[:min(left, MIB)])
+                except BrokenPipeError:
+                    pass
+                p.stdin.close()
+            if direction == "down":
+                buf = bytearray(MIB)
+                got = 0
+                while True:
+                    n = p.stdout.readinto(buf)
+                    if not n:
+                        break
+                    got += n
+            else:
+                out = p.stdout.read() if upload else b""
             err = p.stderr.read()
             p.wait()
         dt = time.perf_counter() - t0
@@ -443,62 +495,43 @@ def upload(m, size, timeout):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+    what = f"{DIRECTIONS[direction]} via {m.label}"
+    if m.proc and m.proc.poll() is not None:
+        raise RuntimeError(f"{m.label} died during {DIRECTIONS[direction]} "
+                           f"(exit status {m.proc.returncode}); client said: "
+                           f"{err.decode(errors='replace').strip()}")
     if k.fired:
-        raise RuntimeError(f"upload via {m.label} timed out after {timeout}s")
-    got = out.decode().strip()
-    if p.returncode != 0 or got != str(size):
-        raise RuntimeError(f"upload via {m.label}: exit {p.returncode}, remote "
-                           f"counted {got!r} of {size}; {err.decode(errors='replace').strip()}")
+        raise RuntimeError(f"{what}: timed out after {timeout}s")
+    errtext = err.decode(errors="replace").strip()
+    if p.returncode != 0:
+        raise RuntimeError(f"{what}: ssh exited {p.returncode}: {errtext}")
+    if upload and out.decode().strip() != str(size):
+        raise RuntimeError(f"{what}: remote counted {out.decode().strip()!r} "
+                           f"of {size} bytes; {errtext}")
+    if got is not None and got != size:
+        raise RuntimeError(f"{what}: got {got} of {size} bytes; {errtext}")
     cpu = (c1 - c0) / CLK_TCK if c0 is not None else None
-    return size / MIB / dt, cpu, dt
+    hwm = vm_hwm_kib(m.proc.pid) if m.proc else None
+    return size / MIB / dt, cpu, dt, hwm
 
 
-def download(m, size, timeout):
-    cmd = m.client() + [m.env.alias, f"head -c {size} /dev/zero"]
-    buf = bytearray(MIB)
-    c0 = cpu_ticks(m.proc.pid) if m.proc else None
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True,
-                         bufsize=0)
-    try:
-        with Killer(p, timeout) as k:
-            got = 0
-            while True:
-                n = p.stdout.readinto(buf)
-                if not n:
-                    break
-                got += n
-            err = p.stderr.read()
-            p.wait()
-        dt = time.perf_counter() - t0
-        c1 = cpu_ticks(m.proc.pid) if m.proc else None
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    if k.fired:
-        raise RuntimeError(f"download via {m.label} timed out after {timeout}s")
-    if p.returncode != 0 or got != size:
-        raise RuntimeError(f"download via {m.label}: exit {p.returncode}, got "
-                           f"{got} of {size} bytes; {err.decode(errors='replace').strip()}")
-    cpu = (c1 - c0) / CLK_TCK if c0 is not None else None
-    return size / MIB / dt, cpu, dt
-
-
-def bench_bulk(masters, size, repeats, timeout):
-    res = {m.name: {"up": [], "down": [], "up_cpu": [], "down_cpu": []}
-           for m in masters}
+def bench_bulk(masters, directions, size, repeats, timeout, sparse_file):
+    res = {m.name: {d: [] for d in directions} for m in masters}
+    cpu = {m.name: {d: [] for d in directions} for m in masters}
+    rss = {m.name: {d: [] for d in directions} for m in masters}
     for r in range(repeats):
-        for direction, fn in (("up", upload), ("down", download)):
+        for d in directions:
             order = masters if r % 2 == 0 else masters[::-1]
             for m in order:
-                rate, cpu, dt = fn(m, size, timeout)
-                res[m.name][direction].append(rate)
-                res[m.name][direction + "_cpu"].append(cpu)
-                log(f"    round {r + 1} {direction:4} {m.label:16} "
-                    f"{rate:8.1f} MiB/s  {dt:6.2f} s  master CPU {cpu:.2f} s")
-    return res
+                rate, c, dt, hwm = transfer(m, d, size, timeout, sparse_file)
+                res[m.name][d].append(rate)
+                cpu[m.name][d].append(c)
+                rss[m.name][d].append(hwm or 0)
+                log(f"    round {r + 1} {d:9} {m.label:16} {rate:8.1f} MiB/s "
+                    f"{dt:6.2f} s  master CPU {c:.2f} s  peak RSS "
+                    f"{(hwm or 0) / 1024:.1f} MiB")
+    return res, cpu, rss
+
 
 
 # ---------------------------------------------------------------- reporting
@@ -535,7 +568,7 @@ def fmt_ratio(x):
 
 
 def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
-                 mg_hwm):
+                 load=None):
     L = []
     L.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
              f"{info['kernel']}, {info['ssh']}; {info['date']}")
@@ -582,26 +615,38 @@ def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
         L.append(f"### Bulk throughput, one session, {args.size / MIB:.0f} MiB, "
                  f"median of {args.repeats}")
         L.append("")
-        L.append("| cipher | direction | muxguard MiB/s | OpenSSH master MiB/s | "
-                 "ratio (target ≥ 0.9) | muxguard CPU s | OpenSSH CPU s |")
-        L.append("|---|---|---:|---:|---:|---:|---:|")
-        for cipher, res in bulk.items():
-            for d, dname in (("up", "upload"), ("down", "download")):
-                mg = statistics.median(res["muxguard"][d])
-                osm = statistics.median(res["openssh"][d])
-                mgc = statistics.median(res["muxguard"][d + "_cpu"])
-                osc = statistics.median(res["openssh"][d + "_cpu"])
-                L.append(f"| {cipher} | {dname} | {mg:.0f} | {osm:.0f} | "
-                         f"**{mg / osm:.2f}** | {mgc:.2f} | {osc:.2f} |")
+        L.append("| cipher | direction, client side | muxguard MiB/s | "
+                 "OpenSSH master MiB/s | ratio (target ≥ 0.9) | muxguard CPU s | "
+                 "OpenSSH CPU s | CPU ratio | peak RSS MiB mg / os |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for cipher, (rates, cpu, rss) in bulk.items():
+            for d in args.directions:
+                mg = statistics.median(rates["muxguard"][d])
+                osm = statistics.median(rates["openssh"][d])
+                mgc = statistics.median(cpu["muxguard"][d])
+                osc = statistics.median(cpu["openssh"][d])
+                cr = f"{mgc / osc:.2f}" if osc else "n/a"
+                mgr = max(rss["muxguard"][d]) / 1024
+                osr = max(rss["openssh"][d]) / 1024
+                L.append(f"| {cipher} | {DIRECTIONS[d]} | {mg:.0f} | {osm:.0f} | "
+                         f"**{mg / osm:.2f}** | {mgc:.2f} | {osc:.2f} | {cr} | "
+                         f"{mgr:.1f} / {osr:.1f} |")
         L.append("")
-        L.append("CPU s = user+system time of the master process (all threads) "
-                 "during one transfer, median.")
-        seen = ", ".join(f"{c}: muxguard→{s.get('muxguard')}, "
-                         f"OpenSSH→{s.get('openssh')}"
+        L.append("CPU s = user+system time of the master process (all its "
+                 "threads) during one transfer, median; CPU ratio = "
+                 "muxguard / OpenSSH (lower is better); peak RSS = the "
+                 "master's VmHWM during the transfer (reset before each), "
+                 "max over repeats. Uploads end in "
+                 "`wc -c` on the server, downloads start from "
+                 "`head -c N /dev/zero`; byte counts are checked.")
+        seen = "; ".join(f"{c}: muxguard {s.get('muxguard')}, "
+                         f"OpenSSH {s.get('openssh')}"
                          for c, s in ciphers_seen.items())
-        L.append(f"Negotiated ciphers (from sshd's log): {seen}")
-        if mg_hwm:
-            L.append(f"muxguard master peak RSS (VmHWM): {mg_hwm / 1024:.1f} MiB")
+        L.append("")
+        L.append(f"Negotiated ciphers (sshd's log): {seen}")
+        L.append("")
+    if load:
+        L.append(f"Load average (1 min) at start / end: {load[0]} / {load[1]}")
         L.append("")
     return "\n".join(L)
 
@@ -657,6 +702,10 @@ def main():
     ap.add_argument("--ciphers", default=DEFAULT_CIPHERS,
                     help=f"comma-separated; bulk runs once per cipher, latency "
                          f"with the first (default {DEFAULT_CIPHERS})")
+    ap.add_argument("--directions", default=",".join(DIRECTIONS),
+                    help="bulk cases, comma-separated, from: "
+                         + ", ".join(f"{k} ({v})" for k, v in DIRECTIONS.items())
+                         + " (default: all)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-bulk", action="store_true")
     ap.add_argument("--no-fresh", action="store_true",
@@ -672,9 +721,14 @@ def main():
                     help="keep the temp dir (logs, configs) for inspection")
     args = ap.parse_args()
     args.ciphers = [c for c in args.ciphers.split(",") if c]
+    args.directions = [d for d in args.directions.split(",") if d]
+    for d in args.directions:
+        if d not in DIRECTIONS:
+            ap.error(f"unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
@@ -685,6 +739,7 @@ def main():
         cmdline = "MUXGUARD_BIN=… " + cmdline
     info = machine_info("ssh")
 
+    load = [loadavg()]
     tmp = tempfile.mkdtemp(prefix="mgb-")  # short: socket paths ≤ 108 bytes
     procs = Procs()
     env = Env(tmp, procs, shell_rc=args.shell_rc)
@@ -692,11 +747,14 @@ def main():
     extra_auths = 0
     bulk = {}
     ciphers_seen = {}
-    mg_hwm = None
     masters = []
     ok = False
+    interrupted = False
     try:
         env.start_sshd()
+        sparse = os.path.join(tmp, "zeros")
+        with open(sparse, "wb") as f:  # sparse: reads cost no disk I/O
+            f.truncate(args.size)
         log(f"sshd on 127.0.0.1:{env.port}, temp dir {tmp}")
         for ci, cipher in enumerate(args.ciphers):
             cfg = env.write_config(cipher)
@@ -725,17 +783,15 @@ def main():
                 lat, extra_auths = bench_latency(env, methods, args.runs)
             if not args.no_bulk:
                 log(f"  bulk: {args.size / MIB:.0f} MiB x {args.repeats} "
-                    f"x up/down x 2 masters")
-                bulk[cipher] = bench_bulk(masters, args.size, args.repeats,
-                                          args.timeout)
-            hwm = vm_hwm_kib(mg.proc.pid)
-            if hwm:
-                mg_hwm = max(mg_hwm or 0, hwm)
+                    f"x {len(args.directions)} directions x 2 masters")
+                bulk[cipher] = bench_bulk(masters, args.directions, args.size,
+                                          args.repeats, args.timeout, sparse)
             for m in masters:
                 m.stop()
             masters = []
         ok = True
     except KeyboardInterrupt:
+        interrupted = True
         log("interrupted; cleaning up")
         raise SystemExit(130)
     finally:
@@ -745,19 +801,20 @@ def main():
             except Exception as e:  # keep cleaning up
                 log(f"stopping {m.label}: {e}")
         procs.stop_all()
-        if not ok:
+        if not ok and not interrupted:
             for name in ("muxguard.log", "openssh.log"):
                 p = os.path.join(tmp, name)
                 if os.path.exists(p) and os.path.getsize(p):
                     with open(p, errors="replace") as f:
                         log(f"--- {name} (tail) ---\n" + "".join(f.readlines()[-20:]))
-        if args.keep or not ok:
+        if args.keep or (not ok and not interrupted):
             log(f"temp dir kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    load.append(loadavg())
     report = build_report(info, args, cmdline, lat, extra_auths, bulk,
-                          ciphers_seen, mg_hwm)
+                          ciphers_seen, load)
     print_tables(report)
     if args.markdown:
         write_markdown(args.markdown, report)

@@ -9,4 +9,5 @@ pub mod ensure;
 pub mod master;
 pub mod mux;
 pub mod paths;
+pub mod spill;
 pub mod upstream;

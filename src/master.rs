@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
+use crate::spill::SpillLimits;
 use crate::upstream::connect::{self, ClientHandler};
 use crate::upstream::forward::{Forwards, RemoteRoutes};
 
@@ -42,6 +43,8 @@ pub struct MasterState {
     listening: watch::Sender<bool>,
     pub forwards: Forwards,
     pub remote_routes: Arc<RemoteRoutes>,
+    /// Buffering limits for output a client has not read yet.
+    pub spill_limits: Arc<SpillLimits>,
     next_session: AtomicU32,
     sessions: Mutex<BTreeMap<u32, SessionInfo>>,
     /// The number of live sessions, watched by the persistence timer.
@@ -243,7 +246,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         persist,
         on_ready,
     } = options;
-    let remote_routes = Arc::new(RemoteRoutes::default());
+    let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
+    let remote_routes = Arc::new(RemoteRoutes::new(Arc::clone(&spill_limits)));
     let upstream = connect::connect(&config, Arc::clone(&remote_routes)).await?;
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
@@ -260,6 +264,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         shutdown,
         listening,
         forwards: Forwards::default(),
+        spill_limits,
         remote_routes,
         next_session: AtomicU32::new(1),
         sessions: Mutex::new(BTreeMap::new()),

@@ -13,6 +13,7 @@ use super::fdpass::{ControlReader, ControlWriter, ReadError};
 use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
 use crate::master::MasterState;
+use crate::spill::SpillBuffer;
 use crate::upstream::forward::{self, OpenResult};
 use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart};
 
@@ -231,7 +232,11 @@ async fn serve(
                         _ = shutdown.changed() => {}
                     }
                 };
-                forward::bridge(channel, source, sink, cancel).await;
+                let buffer = SpillBuffer::new(
+                    Arc::clone(&master.spill_limits),
+                    format!("session {session_id}"),
+                );
+                forward::bridge(channel, source, sink, cancel, buffer).await;
                 // No EXIT_MESSAGE for a stdio forward: closing is the end.
                 info!(
                     client = client_id,

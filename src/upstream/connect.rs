@@ -91,7 +91,13 @@ impl client::Handler for ClientHandler {
         let description = format!(
             "remote forward connection {connected_address}:{connected_port} from {originator_address}:{originator_port}"
         );
-        forward::accept_remote_connection(channel, reply, target, description);
+        forward::accept_remote_connection(
+            channel,
+            reply,
+            target,
+            description,
+            Arc::clone(&self.remote_routes.spill),
+        );
         Ok(())
     }
 
@@ -108,6 +114,7 @@ impl client::Handler for ClientHandler {
             reply,
             target,
             format!("remote forward connection on {socket_path}"),
+            Arc::clone(&self.remote_routes.spill),
         );
         Ok(())
     }

@@ -19,7 +19,6 @@ use russh::ChannelMsg;
 use russh::client::{Handle, Msg};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
@@ -27,6 +26,7 @@ use super::connect::ClientHandler;
 use super::socks;
 use crate::mux::passed_fd::{InputSource, OutputSink};
 use crate::mux::wire::{Endpoint, ForwardKind, ForwardSpec};
+use crate::spill::{SpillBuffer, SpillLimits};
 
 /// Local reads go upstream in chunks of at most one SSH packet.
 const READ_CHUNK: usize = 32 * 1024;
@@ -104,14 +104,15 @@ pub async fn bridge(
     source: impl ByteSource,
     sink: impl ByteSink,
     cancel: impl Future<Output = ()>,
+    buffer: Arc<SpillBuffer>,
 ) {
     let (mut upstream_rx, upstream_tx) = channel.split();
     let upstream_tx = Arc::new(upstream_tx);
-    let (queue, mut queued) = mpsc::unbounded_channel::<Bytes>();
+    let queued = Arc::clone(&buffer);
     let writer = tokio::spawn(async move {
         let mut sink = sink;
         let mut broken = false;
-        while let Some(chunk) = queued.recv().await {
+        while let Some(chunk) = queued.pop().await {
             if !broken && sink.write_chunk(chunk).await.is_err() {
                 broken = true;
             }
@@ -137,17 +138,12 @@ pub async fn bridge(
             }
         })
     };
-    let mut queue = Some(queue);
     tokio::pin!(cancel);
     let cancelled = loop {
         tokio::select! {
             message = upstream_rx.wait() => match message {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(queue) = &queue {
-                        let _ = queue.send(data);
-                    }
-                }
-                Some(ChannelMsg::Eof) => queue = None,
+                Some(ChannelMsg::Data { data }) => buffer.push_wait(data).await,
+                Some(ChannelMsg::Eof) => buffer.close(),
                 Some(ChannelMsg::Close) | None => break false,
                 Some(_) => {}
             },
@@ -156,7 +152,7 @@ pub async fn bridge(
     };
     reader.abort();
     let _ = reader.await;
-    drop(queue);
+    buffer.close();
     if cancelled {
         let _ = upstream_tx.eof().await;
         let _ = upstream_tx.close().await;
@@ -203,9 +199,10 @@ pub fn stdio_origin() -> (&'static str, u32) {
 
 /// Where connections arriving on a remote forward go. Shared with the russh
 /// handler, which receives them.
-#[derive(Default)]
 pub struct RemoteRoutes {
     routes: Mutex<Vec<RemoteRoute>>,
+    /// Buffering limits for every forwarded connection.
+    pub spill: Arc<SpillLimits>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +214,13 @@ struct RemoteRoute {
 }
 
 impl RemoteRoutes {
+    pub fn new(spill: Arc<SpillLimits>) -> Self {
+        RemoteRoutes {
+            routes: Mutex::new(Vec::new()),
+            spill,
+        }
+    }
+
     fn add(&self, listen: Endpoint, target: Endpoint) {
         self.routes
             .lock()
@@ -267,6 +271,7 @@ pub fn accept_remote_connection(
     reply: russh::client::ChannelOpenHandle,
     target: Option<Endpoint>,
     description: String,
+    spill: Arc<SpillLimits>,
 ) {
     tokio::spawn(async move {
         let Some(target) = target else {
@@ -281,13 +286,15 @@ pub fn accept_remote_connection(
                 reply.accept().await;
                 debug!("{description} -> {target}");
                 let (source, sink) = split_stream(stream);
-                bridge(channel, source, sink, std::future::pending()).await;
+                let buffer = SpillBuffer::new(spill, description);
+                bridge(channel, source, sink, std::future::pending(), buffer).await;
             }
             Ok(LocalStream::Unix(stream)) => {
                 reply.accept().await;
                 debug!("{description} -> {target}");
                 let (source, sink) = split_stream(stream);
-                bridge(channel, source, sink, std::future::pending()).await;
+                let buffer = SpillBuffer::new(spill, description);
+                bridge(channel, source, sink, std::future::pending(), buffer).await;
             }
             Err(e) => {
                 warn!("{description}: cannot connect to {target}: {e}");
@@ -394,7 +401,10 @@ impl Forwards {
             };
         }
         let opened = match spec.kind {
-            ForwardKind::Local | ForwardKind::Dynamic => self.open_listener(&spec, upstream).await,
+            ForwardKind::Local | ForwardKind::Dynamic => {
+                self.open_listener(&spec, upstream, Arc::clone(&routes.spill))
+                    .await
+            }
             ForwardKind::Remote => self.open_remote(&spec, upstream, routes).await,
         };
         match opened {
@@ -446,6 +456,7 @@ impl Forwards {
         &self,
         spec: &ForwardSpec,
         upstream: &Arc<Handle<ClientHandler>>,
+        spill: Arc<SpillLimits>,
     ) -> Result<(ActiveForward, OpenResult), String> {
         let spec_for_task = spec.clone();
         let upstream = Arc::clone(upstream);
@@ -458,6 +469,7 @@ impl Forwards {
                 let task = tokio::spawn(async move {
                     let accepts = listeners.into_iter().map(|listener| {
                         let upstream = Arc::clone(&upstream);
+                        let spill = Arc::clone(&spill);
                         let spec = spec_for_task.clone();
                         tokio::spawn(async move {
                             loop {
@@ -473,6 +485,7 @@ impl Forwards {
                                     u32::from(peer.port()),
                                     spec.clone(),
                                     Arc::clone(&upstream),
+                                    Arc::clone(&spill),
                                 ));
                             }
                         })
@@ -506,6 +519,7 @@ impl Forwards {
                             0,
                             spec_for_task.clone(),
                             Arc::clone(&upstream),
+                            Arc::clone(&spill),
                         ));
                     }
                 });
@@ -597,6 +611,7 @@ async fn serve_listener_connection<S>(
     origin_port: u32,
     spec: ForwardSpec,
     upstream: Arc<Handle<ClientHandler>>,
+    spill: Arc<SpillLimits>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -626,7 +641,8 @@ async fn serve_listener_connection<S>(
         Ok(channel) => {
             debug!("forward {} -> {target}", spec.listen);
             let (source, sink) = split_stream(stream);
-            bridge(channel, source, sink, std::future::pending()).await;
+            let buffer = SpillBuffer::new(spill, format!("forward {} -> {target}", spec.listen));
+            bridge(channel, source, sink, std::future::pending(), buffer).await;
         }
         Err(e) => warn!("forward {} -> {target}: channel refused: {e}", spec.listen),
     }
@@ -741,7 +757,7 @@ mod tests {
 
     #[test]
     fn remote_routes_pick_by_port_then_address() {
-        let routes = RemoteRoutes::default();
+        let routes = RemoteRoutes::new(Arc::new(SpillLimits::new(std::env::temp_dir())));
         routes.add(tcp("localhost", 4000), tcp("a", 1));
         routes.add(tcp("", 4001), tcp("b", 2));
         routes.add(tcp("10.0.0.1", 4001), tcp("c", 3));

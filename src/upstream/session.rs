@@ -22,6 +22,7 @@ use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
 use crate::mux::passed_fd::{InputSource, OutputSink, PassedFd};
 use crate::mux::wire::{self, ServerMessage, SessionRequest};
+use crate::spill::SpillBuffer;
 use crate::upstream::ttymodes;
 
 /// Input is read in chunks of at most one SSH packet's worth.
@@ -150,8 +151,10 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         return Ok(SessionEnd::ClientGone);
     }
 
-    let (stdout_queue, stdout_writer) = spawn_output(stdout);
-    let (stderr_queue, stderr_writer) = spawn_output(stderr);
+    let (stdout_queue, stdout_writer) =
+        spawn_output(stdout, &master, format!("session {session_id} stdout"));
+    let (stderr_queue, stderr_writer) =
+        spawn_output(stderr, &master, format!("session {session_id} stderr"));
     let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<EscapeAction>();
     let escape = if request.want_tty {
         EscapeFilter::from_wire(request.escape_char)
@@ -168,12 +171,8 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let end = loop {
         tokio::select! {
             message = upstream_rx.wait() => match message {
-                Some(ChannelMsg::Data { data }) => {
-                    let _ = stdout_queue.send(data);
-                }
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    let _ = stderr_queue.send(data);
-                }
+                Some(ChannelMsg::Data { data }) => stdout_queue.push_wait(data).await,
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr_queue.push_wait(data).await,
                 Some(ChannelMsg::Eof) => {
                     // Nothing more for stdout; close it once it is drained
                     // (below), as the remote side is done writing.
@@ -192,11 +191,11 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                 }
                 Some(ChannelMsg::Failure) => match pending.pop_front() {
                     Some(Pending::Pty) => {
-                        let _ = stderr_queue.send(Bytes::from_static(b"PTY allocation request failed\r\n"));
+                        stderr_queue.push(Bytes::from_static(b"PTY allocation request failed\r\n"));
                         let _ = control.send(&ServerMessage::TtyAllocFail { session_id }).await;
                     }
                     Some(Pending::Start(what)) => {
-                        let _ = stderr_queue.send(Bytes::from(format!("{what} request failed\r\n")));
+                        stderr_queue.push(Bytes::from(format!("{what} request failed\r\n")));
                         let _ = upstream_tx.close().await;
                     }
                     None => {}
@@ -208,7 +207,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                     // The channel vanished without a CLOSE: the connection
                     // itself is gone. Say so on the client's stderr.
                     let reason = master.connection_lost_reason().await;
-                    let _ = stderr_queue.send(Bytes::from(format!("muxguard: {reason}\r\n")));
+                    stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
                     break SessionEnd::MasterShutdown(reason);
                 }
                 Some(_) => {}
@@ -226,7 +225,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             Some(action) = escape_rx.recv() => {
                 let echo = action.echo_text(request.escape_char as u8);
                 if !echo.is_empty() {
-                    let _ = stderr_queue.send(Bytes::from(echo));
+                    stderr_queue.push(Bytes::from(echo));
                 }
                 match action {
                     EscapeAction::Terminate => break SessionEnd::EscapeTerminated,
@@ -234,10 +233,10 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                         let _ = master.upstream.rekey_soon().await;
                     }
                     EscapeAction::ListChannels => {
-                        let _ = stderr_queue.send(Bytes::from(master.describe_sessions()));
+                        stderr_queue.push(Bytes::from(master.describe_sessions()));
                     }
                     EscapeAction::SendBreak => {
-                        let _ = stderr_queue.send(Bytes::from_static(
+                        stderr_queue.push(Bytes::from_static(
                             b"muxguard: break requests are not supported on multiplexed sessions yet\r\n",
                         ));
                     }
@@ -251,7 +250,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             }
             Ok(()) = shutdown.changed() => {
                 let reason = shutdown.borrow().clone().unwrap_or_else(|| "master shutting down".into());
-                let _ = stderr_queue.send(Bytes::from(format!("muxguard: {reason}\r\n")));
+                stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
                 break SessionEnd::MasterShutdown(reason);
             }
         }
@@ -259,8 +258,8 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
 
     input.abort();
     let _ = input.await;
-    drop(stdout_queue);
-    drop(stderr_queue);
+    stdout_queue.close();
+    stderr_queue.close();
     match &end {
         SessionEnd::Finished { .. } => {
             // Deliver every byte before our copies close and the client is
@@ -348,17 +347,22 @@ fn request_id(message: &wire::ClientMessage) -> u32 {
     }
 }
 
-/// Starts the writer for one output stream. The queue is unbounded so that
-/// pushing never waits (see the module header).
-fn spawn_output(fd: PassedFd) -> (mpsc::UnboundedSender<Bytes>, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+/// Starts the writer for one output stream, fed from a spill buffer so
+/// that pushing only waits when every buffering cap is reached.
+fn spawn_output(
+    fd: PassedFd,
+    master: &MasterState,
+    name: String,
+) -> (Arc<SpillBuffer>, JoinHandle<()>) {
+    let buffer = SpillBuffer::new(Arc::clone(&master.spill_limits), name);
+    let queue = Arc::clone(&buffer);
     let handle = tokio::spawn(async move {
         let Ok(mut sink) = OutputSink::new(fd) else {
-            while rx.recv().await.is_some() {}
+            while queue.pop().await.is_some() {}
             return;
         };
         let mut broken = false;
-        while let Some(chunk) = rx.recv().await {
+        while let Some(chunk) = queue.pop().await {
             if !broken && sink.write_all(chunk).await.is_err() {
                 // The reader went away; keep draining so nothing upstream
                 // waits, as OpenSSH discards output to a closed fd.
@@ -367,7 +371,7 @@ fn spawn_output(fd: PassedFd) -> (mpsc::UnboundedSender<Bytes>, JoinHandle<()>) 
         }
         let _ = sink.finish().await;
     });
-    (tx, handle)
+    (buffer, handle)
 }
 
 /// Starts the reader of the client's stdin: data goes upstream as the
