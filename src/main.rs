@@ -23,12 +23,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            let text = format!("{error:#}");
-            if text.starts_with('\n') || text.starts_with("muxguard:") {
-                eprintln!("{}", text.trim_start_matches('\n'));
-            } else {
-                eprintln!("muxguard: {text}");
-            }
+            eprintln!("muxguard: {error:#}");
             ExitCode::from(255)
         }
     }

@@ -156,13 +156,16 @@ impl MasterState {
     }
 }
 
+/// Run once the control socket is live (daemon mode detaches there).
+pub type ReadyHook = Box<dyn FnOnce(&Path) -> anyhow::Result<()>>;
+
 /// How the master was asked to run.
 pub struct MasterOptions {
     pub config: HostConfig,
     pub control_path: PathBuf,
     pub persist: Persist,
     /// Called once the control socket is live; daemon mode detaches here.
-    pub on_ready: Box<dyn FnOnce(&Path) -> anyhow::Result<()>>,
+    pub on_ready: ReadyHook,
 }
 
 /// Picks the control path: the flag, then ssh's ControlPath, then
@@ -445,10 +448,10 @@ impl ControlSocket {
     }
 
     pub fn remove(&self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.identity {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

@@ -67,46 +67,46 @@ impl PassedFd {
 }
 
 /// Classifies the descriptors of one request and switches the pollable ones
-/// to non-blocking mode. All original flags are read before any is changed,
-/// since several descriptors may share one description.
+/// to non-blocking mode. Several descriptors may share one open file
+/// description (sftp passes one socket as stdin and stdout), and only the
+/// description carries O_NONBLOCK, so all original flags are read before any
+/// is changed: a descriptor whose flags changed under us shares the
+/// description of one changed earlier, and shares its restorer too.
 pub fn adopt(fds: Vec<OwnedFd>) -> io::Result<Vec<PassedFd>> {
-    let mut identities = Vec::with_capacity(fds.len());
+    let mut originals = Vec::with_capacity(fds.len());
     for fd in &fds {
         let stat = rustix::fs::fstat(fd)?;
         let flags = rustix::fs::fcntl_getfl(fd)?;
-        identities.push((
+        originals.push((
             (stat.st_dev, stat.st_ino),
             FileType::from_raw_mode(stat.st_mode),
             flags,
         ));
     }
     let mut adopted: Vec<PassedFd> = Vec::with_capacity(fds.len());
-    for (fd, (identity, file_type, flags)) in fds.into_iter().zip(identities.iter().copied()) {
+    for (fd, (identity, file_type, original)) in fds.into_iter().zip(originals.iter().copied()) {
         let kind = match file_type {
             FileType::CharacterDevice if rustix::termios::isatty(&fd) => FdKind::Terminal,
             FileType::Fifo | FileType::Socket => FdKind::Pollable,
             _ => FdKind::Blocking,
         };
-        let restorer = if kind == FdKind::Pollable {
-            let earlier = identities
-                .iter()
-                .zip(adopted.iter())
-                .find(|((id, _, _), passed)| *id == identity && passed.restorer.is_some())
-                .and_then(|(_, passed)| passed.restorer.clone());
-            match earlier {
-                Some(shared) => Some(shared),
-                None => {
-                    let restorer = Arc::new(FlagRestorer {
-                        fd: fd.try_clone()?,
-                        original: flags,
-                    });
-                    rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
-                    Some(restorer)
-                }
+        let mut restorer = None;
+        if kind == FdKind::Pollable {
+            if rustix::fs::fcntl_getfl(&fd)? != original {
+                restorer = originals
+                    .iter()
+                    .zip(adopted.iter())
+                    .rev()
+                    .find(|((id, _, _), passed)| *id == identity && passed.restorer.is_some())
+                    .and_then(|(_, passed)| passed.restorer.clone());
+            } else if !original.contains(OFlags::NONBLOCK) {
+                restorer = Some(Arc::new(FlagRestorer {
+                    fd: fd.try_clone()?,
+                    original,
+                }));
+                rustix::fs::fcntl_setfl(&fd, original | OFlags::NONBLOCK)?;
             }
-        } else {
-            None
-        };
+        }
         adopted.push(PassedFd { fd, kind, restorer });
     }
     Ok(adopted)
@@ -339,6 +339,34 @@ mod tests {
         drop(adopted);
         assert_eq!(rustix::fs::fcntl_getfl(&keep).unwrap(), before);
         drop(w);
+    }
+
+    #[test]
+    fn both_ends_of_one_pipe_are_separate_descriptions() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r2, w2) = (r.try_clone().unwrap(), w.try_clone().unwrap());
+        let adopted = adopt(vec![r, w]).unwrap();
+        assert!(
+            rustix::fs::fcntl_getfl(&r2)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        assert!(
+            rustix::fs::fcntl_getfl(&w2)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        drop(adopted);
+        assert!(
+            !rustix::fs::fcntl_getfl(&r2)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
+        assert!(
+            !rustix::fs::fcntl_getfl(&w2)
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
     }
 
     #[test]

@@ -122,12 +122,7 @@ pub async fn authenticate(
     }
 
     let offered = offered_methods
-        .map(|m| {
-            m.iter()
-                .map(|k| <&str>::from(k))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|m| m.iter().map(<&str>::from).collect::<Vec<_>>().join(","))
         .unwrap_or_else(|| "unknown".into());
     if tried.is_empty() {
         bail!(

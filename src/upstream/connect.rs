@@ -167,7 +167,8 @@ impl HostKeyCheck {
                 known_key_type,
                 known_fingerprint,
             } => Err(format!(
-                "\n@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+                "host key for {name} has CHANGED ({}:{line}); refusing to connect\n\
+                 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
                  @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
                  @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
                  IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
@@ -175,10 +176,9 @@ impl HostKeyCheck {
                  It is also possible that a host key has just been changed.\n\
                  The {} host key sent by {name} is\n{fingerprint}\n\
                  but {}:{line} holds the {known_key_type} key {known_fingerprint} for it.\n\
-                 Remove the old entry (ssh-keygen -R '{name}') once you have checked the new key.\n\
-                 muxguard: host key for {name} has CHANGED ({}:{line}); refusing to connect",
-                public.algorithm(),
+                 Remove the old entry (ssh-keygen -R '{name}') once you have checked the new key.",
                 file.display(),
+                public.algorithm(),
                 file.display(),
             )),
             HostKeyVerdict::Unknown => {

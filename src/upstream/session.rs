@@ -98,7 +98,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         if request.want_tty {
             let (cols, rows, xpixel, ypixel) = tty_fd
                 .as_ref()
-                .and_then(|fd| ttymodes::window_size(fd))
+                .and_then(ttymodes::window_size)
                 .unwrap_or((0, 0, 0, 0));
             let modes = tty_fd
                 .as_ref()
@@ -244,7 +244,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                 }
             }
             Ok(()) = winch.changed() => {
-                if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(|fd| ttymodes::window_size(fd)) {
+                if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(ttymodes::window_size) {
                     let _ = upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
                 }
             }

@@ -155,6 +155,8 @@ mod tests {
     async fn run(request: &[u8]) -> (Result<SocksTarget, SocksError>, Vec<u8>) {
         let (mut client, mut server) = tokio::io::duplex(1024);
         client.write_all(request).await.unwrap();
+        // The client sends nothing more: a short request must end, not wait.
+        client.shutdown().await.unwrap();
         let result = accept(&mut server).await;
         drop(server);
         let mut replies = Vec::new();
