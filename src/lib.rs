@@ -1,6 +1,7 @@
 //! muxguard: a security-hardened replacement for the OpenSSH connection-sharing
 //! master. The binary (`src/main.rs`) is a thin wrapper around this library.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -22,8 +22,9 @@ use russh::client::Handle;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::access::peer::Peer;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
 use crate::spill::SpillLimits;
@@ -331,14 +332,14 @@ async fn serve(
             accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let client_id = next_client.fetch_add(1, Ordering::Relaxed);
-                match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == my_uid => {
-                        tokio::spawn(crate::mux::server::serve_connection(stream, Arc::clone(master), client_id));
+                match Peer::identify(&stream) {
+                    Ok(peer) if peer.uid == my_uid => {
+                        debug!(client = client_id, "control connection from {peer}");
+                        tokio::spawn(crate::mux::server::serve_connection(stream, peer, Arc::clone(master), client_id));
                     }
-                    Ok(cred) => warn!(
+                    Ok(peer) => warn!(
                         client = client_id,
-                        "refused control connection from uid {} pid {:?}: not the master's uid {my_uid}",
-                        cred.uid(), cred.pid()
+                        "refused control connection from {peer}: not the master's uid {my_uid}"
                     ),
                     Err(e) => warn!(client = client_id, "refused control connection: cannot read peer credentials: {e}"),
                 }

@@ -12,15 +12,20 @@ use tracing::{debug, info, warn};
 use super::fdpass::{ControlReader, ControlWriter, ReadError};
 use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
+use crate::access::peer::Peer;
 use crate::master::MasterState;
 use crate::spill::SpillBuffer;
 use crate::upstream::forward::{self, OpenResult};
 use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart};
 
 /// Serves one accepted control connection until it ends.
-pub async fn serve_connection(stream: UnixStream, master: Arc<MasterState>, client_id: u64) {
-    let peer = stream.peer_cred().ok();
-    let peer_pid = peer.as_ref().and_then(|c| c.pid()).unwrap_or(0);
+pub async fn serve_connection(
+    stream: UnixStream,
+    peer: Peer,
+    master: Arc<MasterState>,
+    client_id: u64,
+) {
+    let peer_pid = peer.pid;
     let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);

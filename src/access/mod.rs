@@ -1,0 +1,4 @@
+//! Who is asking, and may they: peer identity, the policy file, and the
+//! decision for each request.
+
+pub mod peer;

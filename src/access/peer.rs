@@ -1,0 +1,342 @@
+//! Who is on the other end of a control connection: the kernel's word on
+//! the peer's uid, gid and pid (SO_PEERCRED), and the requesting program
+//! chain read from /proc (`ssh ← git ← bash ← tmux`), read in one go right
+//! after accept and checked to still be the same process afterwards.
+//!
+//! PID reuse: the peer's pid is pinned with a pidfd as soon as it is known,
+//! and the process start time is read before and after the /proc walk; a
+//! process that exited or was replaced in between makes the identity
+//! unknown, which every decision treats as "no" (fail closed).
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// One process of the requester chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `None` when /proc would not tell (another user's process).
+    pub exe: Option<PathBuf>,
+    pub cmdline: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// e.g. `/dev/pts/3`.
+    pub tty: Option<String>,
+    pub session: u32,
+    start_time: u64,
+}
+
+impl ProcessInfo {
+    /// A short name: the exe's file name, else argv[0]'s.
+    pub fn name(&self) -> String {
+        let from_exe = self
+            .exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned());
+        from_exe
+            .or_else(|| {
+                self.cmdline
+                    .first()
+                    .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    }
+
+    fn is_shell(&self) -> bool {
+        const SHELLS: &[&str] = &[
+            "sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "tcsh", "csh", "busybox",
+        ];
+        SHELLS.contains(&self.name().as_str())
+    }
+
+    /// A shell run as `sh -c '…'`: a wrapper some program used to start
+    /// ssh (git's GIT_SSH_COMMAND, for one), not a person's shell.
+    fn is_command_wrapper(&self) -> bool {
+        self.is_shell() && self.cmdline.iter().skip(1).any(|a| a == "-c")
+    }
+
+    fn is_ssh(&self) -> bool {
+        self.name() == "ssh"
+    }
+}
+
+/// The peer of one control connection.
+#[derive(Debug)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// Supplementary groups of the connecting process.
+    pub groups: Vec<u32>,
+    /// The connecting process first, then its ancestors up to its session
+    /// leader. Empty when the process could not be identified.
+    pub chain: Vec<ProcessInfo>,
+    /// Keeps the pid from being reused while we hold it.
+    _pidfd: Option<OwnedFd>,
+}
+
+impl Peer {
+    /// Identifies the peer of an accepted connection.
+    pub fn identify(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
+        let cred = rustix::net::sockopt::socket_peercred(stream)?;
+        let uid = cred.uid.as_raw();
+        let gid = cred.gid.as_raw();
+        let pid = cred.pid.as_raw_nonzero().get() as u32;
+        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let chain = read_chain(pid).unwrap_or_default();
+        let groups = read_groups(pid).unwrap_or_default();
+        // The chain is only trusted if its first process is still the one
+        // that connected (same start time as read at the beginning).
+        let chain = match chain.first() {
+            Some(first) if read_start_time(pid) == Some(first.start_time) && first.uid == uid => {
+                chain
+            }
+            _ => Vec::new(),
+        };
+        Ok(Peer {
+            uid,
+            gid,
+            pid,
+            groups,
+            chain,
+            _pidfd: pidfd,
+        })
+    }
+
+    /// The program a policy matches: the first ancestor that is not ssh
+    /// itself (skipping `sh -c` wrappers), or ssh when it was run directly
+    /// from a person's shell. `None` if the chain is unknown.
+    pub fn program(&self) -> Option<&ProcessInfo> {
+        let client = self.chain.first()?;
+        for ancestor in self.chain.iter().skip(1) {
+            if ancestor.is_ssh() && !client.is_ssh() {
+                continue;
+            }
+            if ancestor.is_command_wrapper() {
+                continue;
+            }
+            if ancestor.is_shell() || ancestor.pid == 1 {
+                return Some(client);
+            }
+            return Some(ancestor);
+        }
+        Some(client)
+    }
+
+    /// `ssh (4242) ← git (4240) ← bash (4100) in ~/src/app`
+    pub fn describe_chain(&self) -> String {
+        if self.chain.is_empty() {
+            return format!("pid {} (process details unavailable)", self.pid);
+        }
+        let mut text = self
+            .chain
+            .iter()
+            .map(|p| format!("{} ({})", p.name(), p.pid))
+            .collect::<Vec<_>>()
+            .join(" ← ");
+        if let Some(cwd) = self.chain.first().and_then(|p| p.cwd.as_ref()) {
+            text.push_str(&format!(" in {}", cwd.display()));
+        }
+        text
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "uid {} pid {}: {}",
+            self.uid,
+            self.pid,
+            self.describe_chain()
+        )
+    }
+}
+
+/// Walks from `pid` up to its session leader (at most 32 steps).
+fn read_chain(pid: u32) -> Option<Vec<ProcessInfo>> {
+    let mut chain = Vec::new();
+    let mut next = pid;
+    for _ in 0..32 {
+        let info = read_process(next)?;
+        let (ppid, is_leader) = (info.ppid, info.pid == info.session);
+        chain.push(info);
+        if is_leader || ppid <= 1 {
+            break;
+        }
+        next = ppid;
+    }
+    Some(chain)
+}
+
+fn read_process(pid: u32) -> Option<ProcessInfo> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let stat = parse_stat(&std::fs::read_to_string(proc_dir.join("stat")).ok()?)?;
+    let status = std::fs::read_to_string(proc_dir.join("status")).ok()?;
+    let id_field = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    let cmdline = std::fs::read(proc_dir.join("cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ProcessInfo {
+        pid,
+        ppid: stat.ppid,
+        uid: id_field("Uid:")?,
+        gid: id_field("Gid:")?,
+        exe: std::fs::read_link(proc_dir.join("exe")).ok(),
+        cmdline,
+        cwd: std::fs::read_link(proc_dir.join("cwd")).ok(),
+        tty: tty_name(stat.tty_nr),
+        session: stat.session,
+        start_time: stat.start_time,
+    })
+}
+
+fn read_start_time(pid: u32) -> Option<u64> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|s| s.start_time)
+}
+
+fn read_groups(pid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
+    )
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    ppid: u32,
+    session: u32,
+    tty_nr: u32,
+    start_time: u64,
+}
+
+/// Parses /proc/PID/stat. The command name (field 2) may contain spaces
+/// and parentheses, so fields are counted from its last ')'.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state).
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(Stat {
+        ppid: field(4)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        tty_nr: field(7)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+/// The name of a controlling terminal from its device number.
+fn tty_name(tty_nr: u32) -> Option<String> {
+    if tty_nr == 0 {
+        return None;
+    }
+    let major = (tty_nr >> 8) & 0xfff;
+    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+    match major {
+        136..=143 => Some(format!("/dev/pts/{}", (major - 136) * 256 + minor)),
+        4 if minor < 64 => Some(format!("/dev/tty{minor}")),
+        _ => Some(format!("tty {major}:{minor}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_names() {
+        let text = "4242 (my (odd) prog) S 4100 4242 4100 34819 4242 4194304 1 2 3 4 5 6 7 8 20 0 1 0 987654 0 0";
+        assert_eq!(
+            parse_stat(text),
+            Some(Stat {
+                ppid: 4100,
+                session: 4100,
+                tty_nr: 34819,
+                start_time: 987654
+            })
+        );
+        assert_eq!(tty_name(34819).as_deref(), Some("/dev/pts/3"));
+        assert_eq!(tty_name(0), None);
+    }
+
+    fn process(pid: u32, exe: &str, args: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid: pid - 1,
+            uid: 1000,
+            gid: 1000,
+            exe: Some(PathBuf::from(exe)),
+            cmdline: args.iter().map(|a| a.to_string()).collect(),
+            cwd: None,
+            tty: None,
+            session: 1,
+            start_time: 0,
+        }
+    }
+
+    fn peer(chain: Vec<ProcessInfo>) -> Peer {
+        Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: chain.first().map_or(0, |p| p.pid),
+            groups: vec![],
+            chain,
+            _pidfd: None,
+        }
+    }
+
+    #[test]
+    fn the_program_is_the_first_interesting_ancestor() {
+        let ssh = process(10, "/usr/bin/ssh", &["ssh", "host", "git-upload-pack"]);
+        let git = process(9, "/usr/bin/git", &["git", "clone", "host:repo"]);
+        let bash = process(8, "/usr/bin/bash", &["bash"]);
+        let wrapper = process(
+            9,
+            "/usr/bin/dash",
+            &["sh", "-c", "ssh host git-upload-pack"],
+        );
+        let git_above_wrapper = process(8, "/usr/bin/git", &["git", "fetch"]);
+
+        let direct = peer(vec![ssh.clone(), bash.clone()]);
+        assert_eq!(direct.program().unwrap().name(), "ssh");
+        let via_git = peer(vec![ssh.clone(), git.clone(), bash.clone()]);
+        assert_eq!(via_git.program().unwrap().name(), "git");
+        let via_wrapper = peer(vec![ssh.clone(), wrapper, git_above_wrapper]);
+        assert_eq!(via_wrapper.program().unwrap().name(), "git");
+        assert_eq!(via_git.describe_chain(), "ssh (10) ← git (9) ← bash (8)");
+        assert!(peer(vec![]).program().is_none());
+    }
+
+    #[test]
+    fn our_own_process_reads_back() {
+        let me = std::process::id();
+        let chain = read_chain(me).unwrap();
+        assert_eq!(chain[0].pid, me);
+        assert_eq!(chain[0].uid, rustix::process::getuid().as_raw());
+        assert_eq!(
+            chain[0].exe.as_deref(),
+            std::env::current_exe().ok().as_deref()
+        );
+        assert_eq!(read_start_time(me), Some(chain[0].start_time));
+    }
+}
