@@ -288,6 +288,9 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// Bytes read from the server per system call at most.
+const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
+
 /// The authenticated connection.
 pub struct Upstream {
     pub handle: Arc<Handle<ClientHandler>>,
@@ -305,7 +308,12 @@ pub async fn connect(
     let (stream, peer) = tcp_connect(config)?;
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
-    let stream = tokio::net::TcpStream::from_std(stream)?;
+    // russh reads each packet with two small reads (length, then body);
+    // a read buffer turns a burst of packets into one system call.
+    let stream = tokio::io::BufReader::with_capacity(
+        UPSTREAM_READ_BUFFER,
+        tokio::net::TcpStream::from_std(stream)?,
+    );
 
     let known_hosts = KnownHosts::new(
         config.user_known_hosts.clone(),
