@@ -288,6 +288,36 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// At most this much data waits unsent in the kernel: past it the socket
+/// reads as not writable, so the master's own per-channel queues (which can
+/// put interactive data first) hold the backlog, not one deep FIFO.
+const UPSTREAM_NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets TCP_NOTSENT_LOWAT. Best effort: an old kernel without it only loses
+/// the latency benefit, so a failure is logged and ignored.
+fn limit_unsent_bytes(stream: &TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
+    // pointer to a live, properly aligned c_int on our stack, and the fd is
+    // an open socket owned by `stream` for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "TCP_NOTSENT_LOWAT not set: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Bytes read from the server per system call at most.
 const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
 
@@ -307,6 +337,7 @@ pub async fn connect(
 ) -> anyhow::Result<Upstream> {
     let (stream, peer) = tcp_connect(config)?;
     stream.set_nodelay(true)?;
+    limit_unsent_bytes(&stream, UPSTREAM_NOTSENT_LOWAT);
     stream.set_nonblocking(true)?;
     // russh reads each packet with two small reads (length, then body);
     // a read buffer turns a burst of packets into one system call.

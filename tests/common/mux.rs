@@ -165,3 +165,82 @@ impl RawClient {
         }
     }
 }
+
+// ---- Forwarding requests (mux-protocol.md §3.5, §3.6) ----
+
+pub const MUX_C_OPEN_FWD: u32 = 0x1000_0006;
+pub const MUX_C_CLOSE_FWD: u32 = 0x1000_0007;
+pub const MUX_S_OK: u32 = 0x8000_0001;
+pub const MUX_S_REMOTE_PORT: u32 = 0x8000_0007;
+
+/// Forwarding types of OPEN_FWD / CLOSE_FWD.
+pub const MUX_FWD_LOCAL: u32 = 1;
+pub const MUX_FWD_REMOTE: u32 = 2;
+pub const MUX_FWD_DYNAMIC: u32 = 3;
+
+/// The "port" that says the host field is a Unix socket path.
+pub const MUX_FWD_PORT_STREAMLOCAL: u32 = 0xFFFF_FFFE;
+
+/// One side of a forward as it goes on the wire: a host (or path) and a
+/// port (or [`MUX_FWD_PORT_STREAMLOCAL`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FwdEnd<'a> {
+    pub host: &'a str,
+    pub port: u32,
+}
+
+/// `OPEN_FWD` (`open` true) or `CLOSE_FWD` with the six fields as given,
+/// unchecked.
+pub fn forward(open: bool, request_id: u32, kind: u32, listen: FwdEnd, connect: FwdEnd) -> Msg {
+    let msg_type = if open {
+        MUX_C_OPEN_FWD
+    } else {
+        MUX_C_CLOSE_FWD
+    };
+    Msg::new(msg_type)
+        .u32(request_id)
+        .u32(kind)
+        .string(listen.host.as_bytes())
+        .u32(listen.port)
+        .string(connect.host.as_bytes())
+        .u32(connect.port)
+}
+
+impl RawClient {
+    /// Reads the master's HELLO and answers with ours (version 4).
+    pub fn handshake(&mut self) {
+        self.expect_hello();
+        self.send(&hello(PROTOCOL_VERSION))
+            .expect("send HELLO to the master");
+    }
+
+    /// Reads one reply, checks that it is `FAILURE` for `request_id`, and
+    /// returns its reason.
+    #[track_caller]
+    pub fn expect_failure(&mut self, request_id: u32) -> String {
+        let reply = self.read_packet();
+        let mut fields = Fields::new(&reply);
+        let msg_type = fields.u32();
+        assert_eq!(
+            msg_type, MUX_S_FAILURE,
+            "expected FAILURE, got message type {msg_type:#x}: {reply:02x?}"
+        );
+        assert_eq!(fields.u32(), request_id, "request id of the FAILURE");
+        let reason = String::from_utf8_lossy(fields.string()).into_owned();
+        assert!(fields.is_empty(), "trailing bytes in FAILURE");
+        reason
+    }
+
+    /// Sends `ALIVE_CHECK` and checks that `ALIVE` comes back with
+    /// `master_pid`: the connection is still in working order.
+    #[track_caller]
+    pub fn expect_alive(&mut self, request_id: u32, master_pid: u32) {
+        self.send(&Msg::new(MUX_C_ALIVE_CHECK).u32(request_id))
+            .expect("send ALIVE_CHECK");
+        let reply = self.read_packet();
+        let mut fields = Fields::new(&reply);
+        assert_eq!(fields.u32(), MUX_S_ALIVE, "reply type to ALIVE_CHECK");
+        assert_eq!(fields.u32(), request_id, "request id of ALIVE");
+        assert_eq!(fields.u32(), master_pid, "pid in ALIVE");
+    }
+}
