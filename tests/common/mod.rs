@@ -12,6 +12,7 @@
 pub mod env;
 pub mod master;
 pub mod mux;
+pub mod net;
 pub mod process;
 pub mod sshd;
 pub mod tmux;
