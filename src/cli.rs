@@ -32,6 +32,62 @@ pub enum Command {
     /// Make sure a live master serves DESTINATION, starting one in the
     /// background if needed; for `Match exec` in ssh_config
     Ensure(EnsureArgs),
+    /// Check a policy file, or explain the decision for a request
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// Where the policy files are (both flags default to the standard places).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyFiles {
+    /// User policy file (default: $XDG_CONFIG_HOME/muxguard/policy.toml)
+    #[arg(long = "policy", value_name = "FILE")]
+    pub user_policy: Option<PathBuf>,
+    /// System policy file, the administrator's ceiling (default:
+    /// /etc/muxguard/policy.toml)
+    #[arg(long = "system-policy", value_name = "FILE")]
+    pub system_policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file (or both standard ones): exit 0 if valid,
+    /// 1 with file:line:column: reason if not
+    Check {
+        /// The file to check (default: the system and user files)
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        files: PolicyFiles,
+    },
+    /// Print the decision for a request and which rule in which file made
+    /// it
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The destination as typed (alias) and as resolved (hostname)
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// The resolved host name, if it differs from --host
+    #[arg(long, value_name = "HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Remote user (default: your user name)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The requesting program's executable (e.g. /usr/bin/git)
+    #[arg(long, value_name = "PATH")]
+    pub program: Option<PathBuf>,
+    /// shell exec subsystem forward-local forward-remote forward-dynamic
+    /// stdio-forward proxy control (default: exec with --command, else
+    /// shell)
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// The remote command, subsystem or forward target
+    #[arg(long, value_name = "COMMAND")]
+    pub command: Option<String>,
+    #[command(flatten)]
+    pub files: PolicyFiles,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +109,8 @@ pub struct ConnectArgs {
     #[arg(long, hide = true)]
     pub daemon_child: bool,
     #[command(flatten)]
+    pub policy: PolicyFiles,
+    #[command(flatten)]
     pub ssh: SshOptions,
 }
 
@@ -65,5 +123,32 @@ pub struct EnsureArgs {
     #[arg(long, value_name = "DURATION|yes|no")]
     pub persist: Option<Persist>,
     #[command(flatten)]
+    pub policy: PolicyFiles,
+    #[command(flatten)]
     pub ssh: SshOptions,
+}
+
+impl PolicyFiles {
+    /// The flags again, for a child process.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(file) = &self.user_policy {
+            args.push("--policy".into());
+            args.push(file.into());
+        }
+        if let Some(file) = &self.system_policy {
+            args.push("--system-policy".into());
+            args.push(file.into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use crate::access::decide::{PolicyPaths, PolicyStore};
 use crate::cli::ConnectArgs;
 use crate::config::{self, Persist};
 use crate::daemon::{self, Started};
@@ -13,6 +14,11 @@ use crate::paths;
 
 pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let host = config::resolve(&args.ssh)?;
+    // An invalid policy stops us before anything else happens.
+    let policy = PolicyStore::open(PolicyPaths::resolve(
+        args.policy.system_policy.clone(),
+        args.policy.user_policy.clone(),
+    ))?;
     let control_path = master::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
     if let Some(pid) = master::check_control_path(&control_path)? {
         eprintln!(
@@ -30,6 +36,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             child_args.push("--persist".into());
             child_args.push(persist_arg(persist).into());
         }
+        child_args.extend(args.policy.to_args());
         child_args.extend(args.ssh.to_args());
         return Ok(match daemon::spawn_and_wait(&child_args)? {
             Started::Ready { .. } => ExitCode::SUCCESS,
@@ -53,6 +60,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         config: host,
         control_path,
         persist,
+        policy,
         on_ready: Box::new(move |_| {
             if daemon_child {
                 daemon::detach(&log_file)

@@ -10,5 +10,6 @@ pub mod ensure;
 pub mod master;
 pub mod mux;
 pub mod paths;
+pub mod policy_cmd;
 pub mod spill;
 pub mod upstream;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Connect(args) => muxguard::connect::run(args),
         Command::Ensure(args) => muxguard::ensure::run(args),
+        Command::Policy(command) => muxguard::policy_cmd::run(command),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::access::decide::{self, PeerIdentity, PolicyStore};
 use crate::access::peer::Peer;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
@@ -42,6 +43,7 @@ pub struct MasterState {
     /// Becomes `Some(reason)` when the master is shutting down.
     pub shutdown: watch::Sender<Option<String>>,
     listening: watch::Sender<bool>,
+    pub policy: PolicyStore,
     pub forwards: Forwards,
     pub remote_routes: Arc<RemoteRoutes>,
     /// Buffering limits for output a client has not read yet.
@@ -165,6 +167,7 @@ pub struct MasterOptions {
     pub config: HostConfig,
     pub control_path: PathBuf,
     pub persist: Persist,
+    pub policy: PolicyStore,
     /// Called once the control socket is live; daemon mode detaches here.
     pub on_ready: ReadyHook,
 }
@@ -248,6 +251,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         config,
         control_path,
         persist,
+        policy,
         on_ready,
     } = options;
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
@@ -267,6 +271,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         winch,
         shutdown,
         listening,
+        policy,
         forwards: Forwards::default(),
         spill_limits,
         remote_routes,
@@ -333,14 +338,24 @@ async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let client_id = next_client.fetch_add(1, Ordering::Relaxed);
                 match Peer::identify(&stream) {
-                    Ok(peer) if peer.uid == my_uid => {
-                        debug!(client = client_id, "control connection from {peer}");
-                        tokio::spawn(crate::mux::server::serve_connection(stream, peer, Arc::clone(master), client_id));
+                    Ok(peer) => {
+                        let identity = PeerIdentity::of(&peer);
+                        match decide::admits(&master.policy, &identity, my_uid) {
+                            Ok(true) => {
+                                debug!(client = client_id, "control connection from {peer}");
+                                tokio::spawn(crate::mux::server::serve_connection(
+                                    stream, peer, identity, Arc::clone(master), client_id,
+                                ));
+                            }
+                            // Closed before a single byte is read or sent.
+                            Ok(false) => warn!(
+                                client = client_id,
+                                "refused control connection from {peer}: uid {} is not the master's ({my_uid}) and no policy rule lists it",
+                                peer.uid
+                            ),
+                            Err(e) => warn!(client = client_id, "refused control connection from {peer}: policy error: {e}"),
+                        }
                     }
-                    Ok(peer) => warn!(
-                        client = client_id,
-                        "refused control connection from {peer}: not the master's uid {my_uid}"
-                    ),
                     Err(e) => warn!(client = client_id, "refused control connection: cannot read peer credentials: {e}"),
                 }
             }

@@ -30,6 +30,14 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
+/// `$XDG_CONFIG_HOME/muxguard`, default `~/.config/muxguard`.
+pub fn config_dir() -> PathBuf {
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("muxguard"),
+        None => crate::config::home_dir().join(".config/muxguard"),
+    }
+}
+
 /// `$XDG_STATE_HOME/muxguard`, default `~/.local/state/muxguard`.
 pub fn state_dir() -> PathBuf {
     match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {

@@ -12,7 +12,9 @@ use tracing::{debug, info, warn};
 use super::fdpass::{ControlReader, ControlWriter, ReadError};
 use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
+use crate::access::decide::{self, Asked, Outcome, PeerIdentity};
 use crate::access::peer::Peer;
+use crate::access::policy::RequestKind;
 use crate::master::MasterState;
 use crate::spill::SpillBuffer;
 use crate::upstream::forward::{self, OpenResult};
@@ -22,14 +24,20 @@ use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart}
 pub async fn serve_connection(
     stream: UnixStream,
     peer: Peer,
+    identity: PeerIdentity,
     master: Arc<MasterState>,
     client_id: u64,
 ) {
     let peer_pid = peer.pid;
+    let requester = Requester {
+        peer,
+        identity,
+        client_id,
+    };
     let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);
-    match serve(&mut reader, &writer, &master, client_id).await {
+    match serve(&mut reader, &writer, &master, &requester).await {
         Ok(()) => debug!(
             client = client_id,
             pid = peer_pid,
@@ -58,12 +66,66 @@ enum CloseReason {
     Write(#[from] std::io::Error),
 }
 
+/// Who is on this control connection.
+struct Requester {
+    peer: Peer,
+    identity: PeerIdentity,
+    client_id: u64,
+}
+
+impl Requester {
+    /// The policy's answer for one request, logged with what decided it.
+    fn decide(&self, master: &MasterState, kind: RequestKind, command: Option<&str>) -> Outcome {
+        let outcome = decide::decide(
+            &master.policy,
+            &master.config,
+            &self.peer,
+            &self.identity,
+            &Asked { kind, command },
+        );
+        let what = match command {
+            Some(command) => format!("{kind} {command:?}"),
+            None => kind.to_string(),
+        };
+        match &outcome {
+            Outcome::Allow { reason } => {
+                info!(
+                    client = self.client_id,
+                    "{what} from {}: allowed ({reason})", self.peer
+                )
+            }
+            Outcome::Direct { reason } => {
+                warn!(
+                    client = self.client_id,
+                    "{what} from {}: not shared ({reason})", self.peer
+                )
+            }
+            Outcome::Deny { reason } => {
+                warn!(
+                    client = self.client_id,
+                    "{what} from {}: denied ({reason})", self.peer
+                )
+            }
+        }
+        outcome
+    }
+}
+
+/// The PERMISSION_DENIED reply for a refused request that is not a session.
+fn refusal(rid: u32, outcome: &Outcome) -> ServerMessage {
+    ServerMessage::PermissionDenied {
+        rid,
+        reason: format!("muxguard policy: {}", outcome.reason()),
+    }
+}
+
 async fn serve(
     reader: &mut ControlReader,
     writer: &ControlWriter,
     master: &Arc<MasterState>,
-    client_id: u64,
+    requester: &Requester,
 ) -> Result<(), CloseReason> {
+    let client_id = requester.client_id;
     // Our HELLO goes first, before reading anything: the client also writes
     // before it reads, so neither side can deadlock.
     writer
@@ -129,6 +191,32 @@ async fn serve(
                         .await?;
                     continue;
                 }
+                let kind = if request.subsystem {
+                    RequestKind::Subsystem
+                } else if request.command.is_empty() {
+                    RequestKind::Shell
+                } else {
+                    RequestKind::Exec
+                };
+                let asked = (!request.command.is_empty()).then_some(request.command.as_str());
+                match requester.decide(master, kind, asked) {
+                    Outcome::Allow { .. } => {}
+                    Outcome::Direct { .. } => {
+                        // The stock client answers this by connecting on
+                        // its own: "not through me", not "never".
+                        writer
+                            .send(&ServerMessage::PermissionDenied {
+                                rid,
+                                reason: "Permission denied".into(),
+                            })
+                            .await?;
+                        continue;
+                    }
+                    Outcome::Deny { reason } => {
+                        let session_id = master.next_session_id();
+                        return deny_session(writer, rid, session_id, fds, &reason).await;
+                    }
+                }
                 let session_id = master.next_session_id();
                 let command = describe_request(&request);
                 info!(
@@ -169,6 +257,11 @@ async fn serve(
                 }
             }
             ClientMessage::Terminate { rid } => {
+                let outcome = requester.decide(master, RequestKind::Control, Some("exit"));
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
                 info!(client = client_id, "termination requested (-O exit)");
                 // The client takes EOF as success too, so a lost OK is fine.
                 let _ = writer.send(&ServerMessage::Ok { rid }).await;
@@ -176,6 +269,11 @@ async fn serve(
                 return Ok(());
             }
             ClientMessage::StopListening { rid } => {
+                let outcome = requester.decide(master, RequestKind::Control, Some("stop"));
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
                 info!(client = client_id, "stop listening requested (-O stop)");
                 master.stop_listening();
                 writer.send(&ServerMessage::Ok { rid }).await?;
@@ -196,6 +294,13 @@ async fn serve(
                         continue;
                     }
                 };
+                let target = request.target.to_string();
+                let outcome = requester.decide(master, RequestKind::StdioForward, Some(&target));
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    // No fallback exists for -W: the client stops here.
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
                 let session_id = master.next_session_id();
                 let description = format!("stdio forward to {}", request.target);
                 info!(client = client_id, session = session_id, "{description}");
@@ -251,6 +356,12 @@ async fn serve(
                 return Ok(());
             }
             ClientMessage::OpenForward { rid, spec } => {
+                let description = forward::describe_spec(&spec);
+                let outcome = requester.decide(master, forward_kind(&spec), Some(&description));
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
                 let reply = match master
                     .forwards
                     .open(spec, &master.upstream, &master.remote_routes)
@@ -264,6 +375,12 @@ async fn serve(
                 writer.send(&reply).await?;
             }
             ClientMessage::CloseForward { rid, spec } => {
+                let description = forward::describe_spec(&spec);
+                let outcome = requester.decide(master, forward_kind(&spec), Some(&description));
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
                 let reply = match master
                     .forwards
                     .close(&spec, &master.upstream, &master.remote_routes)
@@ -278,14 +395,18 @@ async fn serve(
             ClientMessage::Proxy { rid } => {
                 // A proxy client speaks raw SSH connection-protocol packets
                 // and can open any channel or global request it likes, past
-                // every per-request decision this master makes. It stays
-                // refused until a policy explicitly allows it for a host.
-                writer
-                    .send(&ServerMessage::PermissionDenied {
+                // every per-request decision this master makes. So it is a
+                // decision of its own that only a rule naming the kind
+                // "proxy" can allow.
+                let outcome = requester.decide(master, RequestKind::Proxy, None);
+                let reply = match outcome {
+                    Outcome::Allow { .. } => ServerMessage::Failure {
                         rid,
-                        reason: "Permission denied".into(),
-                    })
-                    .await?;
+                        reason: "proxy mode is not supported by this master".into(),
+                    },
+                    refused => refusal(rid, &refused),
+                };
+                writer.send(&reply).await?;
             }
             ClientMessage::ExtInfo { rid, .. } | ClientMessage::Unknown { rid, .. } => {
                 writer
@@ -297,6 +418,48 @@ async fn serve(
             }
         }
     }
+}
+
+fn forward_kind(spec: &wire::ForwardSpec) -> RequestKind {
+    match spec.kind {
+        wire::ForwardKind::Local => RequestKind::ForwardLocal,
+        wire::ForwardKind::Remote => RequestKind::ForwardRemote,
+        wire::ForwardKind::Dynamic => RequestKind::ForwardDynamic,
+    }
+}
+
+/// A final refusal of a session. Refusing the request itself would make the
+/// stock client authenticate on its own, so the session is "opened", the
+/// reason is written to the client's stderr and it ends with status 255:
+/// the command never runs.
+async fn deny_session(
+    writer: &ControlWriter,
+    rid: u32,
+    session_id: u32,
+    fds: Vec<passed_fd::PassedFd>,
+    reason: &str,
+) -> Result<(), CloseReason> {
+    writer
+        .send(&ServerMessage::SessionOpened { rid, session_id })
+        .await?;
+    if let Some(stderr) = fds.into_iter().nth(2)
+        && let Ok(mut sink) = OutputSink::new(stderr)
+    {
+        // \r\n: a tty client is in raw mode by now.
+        let message = bytes::Bytes::from(format!("muxguard: denied by policy: {reason}\r\n"));
+        let deliver = async {
+            let _ = sink.write_all(message).await;
+            let _ = sink.finish().await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), deliver).await;
+    }
+    writer
+        .send(&ServerMessage::ExitMessage {
+            session_id,
+            exit_value: 255,
+        })
+        .await?;
+    Ok(())
 }
 
 fn describe_request(request: &wire::SessionRequest) -> String {

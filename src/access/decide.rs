@@ -1,0 +1,300 @@
+//! Turning a request into a final answer: the policy files (re-read when
+//! they change on disk), the requester's identity, and what `ask` becomes
+//! when nobody can be asked.
+//!
+//! Fail closed: an invalid or unreadable policy never loosens anything.
+//! At start-up it stops the master; while running, every request that needs
+//! the policy is denied with the reason until the file is fixed.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::peer::Peer;
+use super::policy::{self, Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
+use crate::config::HostConfig;
+
+/// Where the two policy files live.
+#[derive(Debug, Clone)]
+pub struct PolicyPaths {
+    pub system: PathBuf,
+    pub user: PathBuf,
+}
+
+impl PolicyPaths {
+    pub const SYSTEM_DEFAULT: &'static str = "/etc/muxguard/policy.toml";
+
+    /// The flags if given, else `/etc/muxguard/policy.toml` and
+    /// `$XDG_CONFIG_HOME/muxguard/policy.toml`.
+    pub fn resolve(system: Option<PathBuf>, user: Option<PathBuf>) -> PolicyPaths {
+        PolicyPaths {
+            system: system.unwrap_or_else(|| PathBuf::from(Self::SYSTEM_DEFAULT)),
+            user: user.unwrap_or_else(|| crate::paths::config_dir().join("policy.toml")),
+        }
+    }
+
+    /// Loads both files; a missing file is fine, anything else an error
+    /// naming file, line, column and reason.
+    pub fn load(&self) -> Result<PolicySet, String> {
+        let load = |path: &Path| policy::load_optional(path).map_err(|e| e.to_string());
+        Ok(PolicySet {
+            system: load(&self.system)?,
+            user: load(&self.user)?,
+        })
+    }
+}
+
+/// Identifies a file's content cheaply, to notice edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(u64, u64, i64, i64, u64)>);
+
+impl Stamp {
+    fn of(path: &Path) -> Stamp {
+        Stamp(
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len())),
+        )
+    }
+}
+
+struct Loaded {
+    stamps: (Stamp, Stamp),
+    policy: Result<Arc<PolicySet>, String>,
+}
+
+/// The policy as the master currently sees it.
+pub struct PolicyStore {
+    paths: PolicyPaths,
+    loaded: Mutex<Loaded>,
+}
+
+impl PolicyStore {
+    /// Loads the policy at start-up; an invalid file is an error.
+    pub fn open(paths: PolicyPaths) -> anyhow::Result<PolicyStore> {
+        let stamps = (Stamp::of(&paths.system), Stamp::of(&paths.user));
+        let policy = paths
+            .load()
+            .map_err(|e| anyhow::anyhow!("invalid policy: {e}"))?;
+        Ok(PolicyStore {
+            paths,
+            loaded: Mutex::new(Loaded {
+                stamps,
+                policy: Ok(Arc::new(policy)),
+            }),
+        })
+    }
+
+    pub fn paths(&self) -> &PolicyPaths {
+        &self.paths
+    }
+
+    /// The policy in force, re-read if either file changed since last time.
+    /// `Err` carries why the current files cannot be used.
+    pub fn current(&self) -> Result<Arc<PolicySet>, String> {
+        let stamps = (Stamp::of(&self.paths.system), Stamp::of(&self.paths.user));
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        if loaded.stamps != stamps {
+            loaded.policy = self.paths.load().map(Arc::new);
+            match &loaded.policy {
+                Ok(_) => tracing::info!("policy reloaded"),
+                Err(e) => tracing::error!(
+                    "policy is now invalid, denying every request until it is fixed: {e}"
+                ),
+            }
+            loaded.stamps = stamps;
+        }
+        loaded.policy.clone()
+    }
+}
+
+/// The answer the master acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allow {
+        reason: String,
+    },
+    /// Refuse to share: the client may authenticate on its own.
+    Direct {
+        reason: String,
+    },
+    /// Refuse outright.
+    Deny {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Allow { reason } | Outcome::Direct { reason } | Outcome::Deny { reason } => {
+                reason
+            }
+        }
+    }
+}
+
+/// The account behind a peer, for policy matching.
+pub struct PeerIdentity {
+    pub uid: u32,
+    pub user: Option<String>,
+    pub gids: Vec<u32>,
+    pub groups: Vec<String>,
+}
+
+impl PeerIdentity {
+    pub fn of(peer: &Peer) -> PeerIdentity {
+        let mut gids = vec![peer.gid];
+        gids.extend(peer.groups.iter().copied().filter(|g| *g != peer.gid));
+        let groups = gids
+            .iter()
+            .filter_map(|g| accounts::group_name(*g))
+            .collect();
+        PeerIdentity {
+            uid: peer.uid,
+            user: accounts::user_name(peer.uid),
+            gids,
+            groups,
+        }
+    }
+
+    pub fn account(&self) -> PeerAccount<'_> {
+        PeerAccount {
+            uid: self.uid,
+            user: self.user.as_deref(),
+            gids: &self.gids,
+            groups: &self.groups,
+        }
+    }
+}
+
+/// What is being asked, in the policy's terms.
+pub struct Asked<'a> {
+    pub kind: RequestKind,
+    pub command: Option<&'a str>,
+}
+
+/// Decides one request. `ask` has nobody to ask yet (desktop prompts come
+/// with their own module), so it becomes the policy's `no_prompter`.
+pub fn decide(
+    store: &PolicyStore,
+    host: &HostConfig,
+    peer: &Peer,
+    identity: &PeerIdentity,
+    asked: &Asked<'_>,
+) -> Outcome {
+    let policy = match store.current() {
+        Ok(policy) => policy,
+        Err(e) => {
+            return Outcome::Deny {
+                reason: format!("policy error: {e}"),
+            };
+        }
+    };
+    let program = peer.program().and_then(|p| p.exe.as_deref());
+    let request = Request {
+        host_alias: &host.alias,
+        hostname: &host.hostname,
+        remote_user: &host.user,
+        program,
+        kind: asked.kind,
+        command: asked.command,
+        peer: identity.account(),
+    };
+    let decision = policy.decide(&request);
+    let reason = decision.reason();
+    match decision.action {
+        Action::Allow => Outcome::Allow { reason },
+        Action::Direct => Outcome::Direct { reason },
+        Action::Deny => Outcome::Deny { reason },
+        Action::Ask => {
+            let fallback = policy.settings().no_prompter;
+            let reason = format!(
+                "{reason}; nobody can be asked, so no_prompter = {}",
+                fallback.name()
+            );
+            match fallback {
+                Fallback::Allow => Outcome::Allow { reason },
+                Fallback::Direct => Outcome::Direct { reason },
+                Fallback::Deny => Outcome::Deny { reason },
+            }
+        }
+    }
+}
+
+/// Whether the policy lets this peer use the socket at all.
+pub fn admits(
+    store: &PolicyStore,
+    identity: &PeerIdentity,
+    master_uid: u32,
+) -> Result<bool, String> {
+    let policy = store.current()?;
+    Ok(policy.admits_peer(
+        identity.uid,
+        identity.user.as_deref(),
+        &identity.gids,
+        &identity.groups,
+        master_uid,
+    ))
+}
+
+/// User and group names from /etc/passwd and /etc/group (local accounts;
+/// a name the files do not know simply is not used for matching).
+pub mod accounts {
+    pub fn user_name(uid: u32) -> Option<String> {
+        lookup("/etc/passwd", uid)
+    }
+
+    pub fn group_name(gid: u32) -> Option<String> {
+        lookup("/etc/group", gid)
+    }
+
+    fn lookup(file: &str, id: u32) -> Option<String> {
+        let text = std::fs::read_to_string(file).ok()?;
+        find(&text, id)
+    }
+
+    /// The name on the first `name:x:id:…` line with this id.
+    pub fn find(text: &str, id: u32) -> Option<String> {
+        text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let _password = fields.next()?;
+            (fields.next()?.parse::<u32>().ok()? == id).then(|| name.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_lines() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(accounts::find(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(accounts::find(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(accounts::find(passwd, 5), None);
+    }
+
+    #[test]
+    fn edits_are_noticed_and_invalid_files_deny() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PolicyPaths {
+            system: dir.path().join("system.toml"),
+            user: dir.path().join("user.toml"),
+        };
+        std::fs::write(&paths.user, "[defaults]\naction = \"allow\"\n").unwrap();
+        let store = PolicyStore::open(paths.clone()).unwrap();
+        assert!(store.current().is_ok());
+        std::fs::write(&paths.user, "[defaults]\naction = \"perhaps\"\n").unwrap();
+        let error = store.current().unwrap_err();
+        assert!(error.contains("user.toml:2:"), "{error}");
+        std::fs::write(&paths.user, "[defaults]\naction = \"deny\"\n").unwrap();
+        assert!(store.current().is_ok());
+        // Invalid at start-up: refuse to start, naming the place.
+        std::fs::write(&paths.system, "[[rule]]\nname = \"x\"\n").unwrap();
+        let error = PolicyStore::open(paths).err().unwrap().to_string();
+        assert!(error.contains("system.toml:1:"), "{error}");
+    }
+}
