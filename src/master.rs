@@ -28,7 +28,7 @@ use crate::access::decide::{self, PeerIdentity, PolicyStore};
 use crate::access::peer::Peer;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
-use crate::spill::SpillLimits;
+use crate::spill::{SpillBuffer, SpillLimits};
 use crate::upstream::connect::{self, ClientHandler};
 use crate::upstream::forward::{Forwards, RemoteRoutes};
 
@@ -57,6 +57,8 @@ pub struct MasterState {
 struct SessionInfo {
     description: String,
     started: Instant,
+    /// The session's output buffers, for `~#` (memory, disk, paused).
+    buffers: Vec<Arc<SpillBuffer>>,
 }
 
 /// Removes a session from the registry when it ends, however it ends.
@@ -87,12 +89,20 @@ impl MasterState {
             SessionInfo {
                 description,
                 started: Instant::now(),
+                buffers: Vec::new(),
             },
         );
         self.recount_active();
         SessionGuard {
             master: Arc::clone(self),
             id,
+        }
+    }
+
+    /// Lets `~#` show a session's output buffers.
+    pub fn attach_buffers(&self, id: u32, buffers: Vec<Arc<SpillBuffer>>) {
+        if let Some(info) = self.sessions.lock().expect("not poisoned").get_mut(&id) {
+            info.buffers = buffers;
         }
     }
 
@@ -147,10 +157,27 @@ impl MasterState {
         );
         for (id, info) in sessions.iter() {
             text.push_str(&format!(
-                "  #{id} {} (open {}s)\r\n",
+                "  #{id} {} (open {}s)",
                 info.description,
                 info.started.elapsed().as_secs()
             ));
+            for buffer in &info.buffers {
+                let (memory, disk, paused) = buffer.usage();
+                if memory > 0 || disk > 0 || paused {
+                    text.push_str(&format!(
+                        ", {} waiting for the client: {} KiB in memory, {} KiB on disk{}",
+                        buffer.name(),
+                        memory >> 10,
+                        disk >> 10,
+                        if paused {
+                            ", PAUSED (buffer caps reached)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+            text.push_str("\r\n");
         }
         for forward in self.forwards.describe() {
             text.push_str(&format!("  {forward}\r\n"));

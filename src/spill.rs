@@ -270,6 +270,11 @@ impl SpillBuffer {
         Ok(chunk)
     }
 
+    /// What this buffer holds ("session 3 stdout").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// (bytes in memory, bytes on disk, paused) for `~#` and status.
     pub fn usage(&self) -> (usize, u64, bool) {
         let state = self.state.lock().expect("not poisoned");
