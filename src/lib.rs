@@ -11,5 +11,6 @@ pub mod master;
 pub mod mux;
 pub mod paths;
 pub mod policy_cmd;
+pub mod prompt;
 pub mod spill;
 pub mod upstream;

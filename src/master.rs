@@ -28,6 +28,7 @@ use crate::access::decide::{self, PeerIdentity, PolicyStore};
 use crate::access::peer::Peer;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
+use crate::prompt::{PromptMemory, Prompter};
 use crate::spill::{SpillBuffer, SpillLimits};
 use crate::upstream::connect::{self, ClientHandler};
 use crate::upstream::forward::{Forwards, RemoteRoutes};
@@ -44,6 +45,8 @@ pub struct MasterState {
     pub shutdown: watch::Sender<Option<String>>,
     listening: watch::Sender<bool>,
     pub policy: PolicyStore,
+    pub prompter: Prompter,
+    pub prompts: PromptMemory,
     pub forwards: Forwards,
     pub remote_routes: Arc<RemoteRoutes>,
     /// Buffering limits for output a client has not read yet.
@@ -284,6 +287,9 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
     let remote_routes = Arc::new(RemoteRoutes::new(Arc::clone(&spill_limits)));
     let upstream = connect::connect(&config, Arc::clone(&remote_routes)).await?;
+    // Before the socket: the bus connection is part of start-up (nothing
+    // may need new sockets once the sandbox is on).
+    let prompter = Prompter::discover().await;
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
 
@@ -299,6 +305,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         shutdown,
         listening,
         policy,
+        prompter,
+        prompts: PromptMemory::default(),
         forwards: Forwards::default(),
         spill_limits,
         remote_routes,

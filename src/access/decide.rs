@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 use super::peer::Peer;
 use super::policy::{self, Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
 use crate::config::HostConfig;
+use crate::prompt::{
+    Answer, AskKey, Asked as PromptResult, PromptMemory, PromptText, PromptTimes, Prompter,
+    RequesterKey,
+};
 
 /// Where the two policy files live.
 #[derive(Debug, Clone)]
@@ -174,14 +178,22 @@ pub struct Asked<'a> {
     pub command: Option<&'a str>,
 }
 
-/// Decides one request. `ask` has nobody to ask yet (desktop prompts come
-/// with their own module), so it becomes the policy's `no_prompter`.
-pub fn decide(
+/// The ways to ask the person, and what was asked before.
+pub struct Prompting<'a> {
+    pub prompter: &'a Prompter,
+    pub memory: &'a PromptMemory,
+}
+
+/// Decides one request. `ask` asks the person (see `prompt`), unless a
+/// remembered answer, the lock screen, the cool-down or the lack of any way
+/// to ask decides first.
+pub async fn decide(
     store: &PolicyStore,
     host: &HostConfig,
     peer: &Peer,
     identity: &PeerIdentity,
     asked: &Asked<'_>,
+    prompting: Prompting<'_>,
 ) -> Outcome {
     let policy = match store.current() {
         Ok(policy) => policy,
@@ -207,18 +219,125 @@ pub fn decide(
         Action::Allow => Outcome::Allow { reason },
         Action::Direct => Outcome::Direct { reason },
         Action::Deny => Outcome::Deny { reason },
-        Action::Ask => {
-            let fallback = policy.settings().no_prompter;
-            let reason = format!(
-                "{reason}; nobody can be asked, so no_prompter = {}",
-                fallback.name()
+        Action::Ask => ask(&policy, host, peer, identity, asked, prompting, reason).await,
+    }
+}
+
+async fn ask(
+    policy: &PolicySet,
+    host: &HostConfig,
+    peer: &Peer,
+    identity: &PeerIdentity,
+    asked: &Asked<'_>,
+    prompting: Prompting<'_>,
+    policy_reason: String,
+) -> Outcome {
+    let settings = policy.settings();
+    let fallback = |fallback: Fallback, why: String| {
+        let reason = format!("{policy_reason}; {why}, so {}", fallback.name());
+        match fallback {
+            Fallback::Allow => Outcome::Allow { reason },
+            Fallback::Direct => Outcome::Direct { reason },
+            Fallback::Deny => Outcome::Deny { reason },
+        }
+    };
+    let lock = prompting.prompter.lock_state().await;
+    if lock.is_locked() {
+        // Whatever was allowed "for a while" ends with the lock.
+        prompting.memory.forget();
+        return fallback(
+            settings.when_locked,
+            format!("the desktop is locked ({})", lock.describe()),
+        );
+    }
+    let program_path = peer
+        .program()
+        .and_then(|p| p.exe.as_ref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "unknown program".into());
+    let key = AskKey {
+        host: host.alias.clone(),
+        program: program_path.clone(),
+        kind: asked.kind.to_string(),
+    };
+    let requester = RequesterKey {
+        uid: identity.uid,
+        program: program_path,
+    };
+    let text = prompt_text(host, peer, asked, settings.remember);
+    let result = prompting
+        .memory
+        .ask(
+            prompting.prompter,
+            key,
+            requester,
+            &text,
+            PromptTimes {
+                timeout: settings.prompt_timeout,
+                remember: settings.remember,
+                cooldown: settings.cooldown,
+            },
+        )
+        .await;
+    match result {
+        PromptResult::Remembered { until_secs } => Outcome::Allow {
+            reason: format!("{policy_reason}; remembered answer ({until_secs}s left)"),
+        },
+        PromptResult::CoolingDown => Outcome::Deny {
+            reason: format!("{policy_reason}; cool-down after a refused prompt from this program"),
+        },
+        PromptResult::Busy => Outcome::Deny {
+            reason: format!("{policy_reason}; another prompt from this program is open"),
+        },
+        PromptResult::Prompted { answer, shared } => {
+            let how = format!(
+                "{}{}",
+                answer.describe(),
+                if shared { " (shared prompt)" } else { "" }
             );
-            match fallback {
-                Fallback::Allow => Outcome::Allow { reason },
-                Fallback::Direct => Outcome::Direct { reason },
-                Fallback::Deny => Outcome::Deny { reason },
+            match answer {
+                answer if answer.allows() => Outcome::Allow {
+                    reason: format!("{policy_reason}; {how}"),
+                },
+                Answer::Unavailable(_) => fallback(settings.no_prompter, how),
+                _ => Outcome::Deny {
+                    reason: format!("{policy_reason}; {how}"),
+                },
             }
         }
+    }
+}
+
+/// The prompt's words: host, remote user, the request and the requester.
+fn prompt_text(
+    host: &HostConfig,
+    peer: &Peer,
+    asked: &Asked<'_>,
+    remember: std::time::Duration,
+) -> PromptText {
+    let target = format!("{}@{}", host.user, host.alias);
+    let summary = match asked.kind {
+        RequestKind::Shell => format!("Allow a shell on {target}?"),
+        RequestKind::Exec => format!("Allow a command on {target}?"),
+        RequestKind::Subsystem => format!(
+            "Allow the {} subsystem on {target}?",
+            asked.command.unwrap_or("?")
+        ),
+        RequestKind::Control => format!("Allow control of the {target} master?"),
+        other => format!("Allow {other} through {target}?"),
+    };
+    let mut body = String::new();
+    if let Some(command) = asked.command {
+        body.push_str(&format!("{}: {command}\n", asked.kind));
+    }
+    body.push_str(&format!("requested by {}", peer.describe_chain()));
+    if host.alias != host.hostname {
+        body.push_str(&format!("\n({} is {})", host.alias, host.hostname));
+    }
+    PromptText {
+        summary,
+        body,
+        remember_label: humantime::format_duration(remember).to_string(),
     }
 }
 
@@ -228,6 +347,13 @@ pub fn admits(
     identity: &PeerIdentity,
     master_uid: u32,
 ) -> Result<bool, String> {
+    // The master's own uid needs no policy to get in, so that a broken
+    // policy is reported on each request (and denies it) instead of
+    // closing the socket, which would make the stock client connect on
+    // its own: a broken policy must never act as "direct".
+    if identity.uid == master_uid {
+        return Ok(true);
+    }
     let policy = store.current()?;
     Ok(policy.admits_peer(
         identity.uid,

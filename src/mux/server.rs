@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::fdpass::{ControlReader, ControlWriter, ReadError};
 use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
-use crate::access::decide::{self, Asked, Outcome, PeerIdentity};
+use crate::access::decide::{self, Asked, Outcome, PeerIdentity, Prompting};
 use crate::access::peer::Peer;
 use crate::access::policy::RequestKind;
 use crate::master::MasterState;
@@ -75,14 +75,24 @@ struct Requester {
 
 impl Requester {
     /// The policy's answer for one request, logged with what decided it.
-    fn decide(&self, master: &MasterState, kind: RequestKind, command: Option<&str>) -> Outcome {
+    async fn decide(
+        &self,
+        master: &MasterState,
+        kind: RequestKind,
+        command: Option<&str>,
+    ) -> Outcome {
         let outcome = decide::decide(
             &master.policy,
             &master.config,
             &self.peer,
             &self.identity,
             &Asked { kind, command },
-        );
+            Prompting {
+                prompter: &master.prompter,
+                memory: &master.prompts,
+            },
+        )
+        .await;
         let what = match command {
             Some(command) => format!("{kind} {command:?}"),
             None => kind.to_string(),
@@ -199,7 +209,7 @@ async fn serve(
                     RequestKind::Exec
                 };
                 let asked = (!request.command.is_empty()).then_some(request.command.as_str());
-                match requester.decide(master, kind, asked) {
+                match requester.decide(master, kind, asked).await {
                     Outcome::Allow { .. } => {}
                     Outcome::Direct { .. } => {
                         // The stock client answers this by connecting on
@@ -257,7 +267,9 @@ async fn serve(
                 }
             }
             ClientMessage::Terminate { rid } => {
-                let outcome = requester.decide(master, RequestKind::Control, Some("exit"));
+                let outcome = requester
+                    .decide(master, RequestKind::Control, Some("exit"))
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -269,7 +281,9 @@ async fn serve(
                 return Ok(());
             }
             ClientMessage::StopListening { rid } => {
-                let outcome = requester.decide(master, RequestKind::Control, Some("stop"));
+                let outcome = requester
+                    .decide(master, RequestKind::Control, Some("stop"))
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -295,7 +309,9 @@ async fn serve(
                     }
                 };
                 let target = request.target.to_string();
-                let outcome = requester.decide(master, RequestKind::StdioForward, Some(&target));
+                let outcome = requester
+                    .decide(master, RequestKind::StdioForward, Some(&target))
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     // No fallback exists for -W: the client stops here.
                     writer.send(&refusal(rid, &outcome)).await?;
@@ -357,7 +373,9 @@ async fn serve(
             }
             ClientMessage::OpenForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
-                let outcome = requester.decide(master, forward_kind(&spec), Some(&description));
+                let outcome = requester
+                    .decide(master, forward_kind(&spec), Some(&description))
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -376,7 +394,9 @@ async fn serve(
             }
             ClientMessage::CloseForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
-                let outcome = requester.decide(master, forward_kind(&spec), Some(&description));
+                let outcome = requester
+                    .decide(master, forward_kind(&spec), Some(&description))
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -398,7 +418,7 @@ async fn serve(
                 // every per-request decision this master makes. So it is a
                 // decision of its own that only a rule naming the kind
                 // "proxy" can allow.
-                let outcome = requester.decide(master, RequestKind::Proxy, None);
+                let outcome = requester.decide(master, RequestKind::Proxy, None).await;
                 let reply = match outcome {
                     Outcome::Allow { .. } => ServerMessage::Failure {
                         rid,

@@ -236,6 +236,13 @@ Host {HOST}
         Master::start(self, kind)
     }
 
+    /// Starts muxguard for `testhost` with extra `connect` arguments (such
+    /// as `--policy FILE --system-policy FILE`) and waits until it answers
+    /// `ssh -O check`.
+    pub fn start_muxguard_with<S: AsRef<OsStr>>(&self, args: &[S]) -> Master {
+        Master::start_with_args(self, MasterKind::Muxguard, args)
+    }
+
     /// Panics unless exactly `expected` connections have authenticated.
     #[track_caller]
     pub fn assert_connections(&self, expected: usize) {

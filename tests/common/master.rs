@@ -1,6 +1,7 @@
 //! The two kinds of connection-sharing master the scenarios run against:
 //! OpenSSH's own (`ssh -M`), which proves a scenario is right, and muxguard.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -54,6 +55,17 @@ pub struct Master {
 
 impl Master {
     pub(super) fn start(env: &TestEnv, kind: MasterKind) -> Master {
+        Master::start_with_args(env, kind, &[] as &[&OsStr])
+    }
+
+    /// Like [`Master::start`], with extra arguments for muxguard's
+    /// `connect` (such as `--policy FILE`), placed before the destination.
+    /// OpenSSH's master takes no extra arguments.
+    pub fn start_with_args<S: AsRef<OsStr>>(env: &TestEnv, kind: MasterKind, args: &[S]) -> Master {
+        assert!(
+            kind == MasterKind::Muxguard || args.is_empty(),
+            "extra arguments are for muxguard only"
+        );
         let log = env.logs_dir().join(format!("{}-master.log", kind.name()));
         let mut cmd = match kind {
             // In the foreground (no ControlPersist, no -f) so that the pid
@@ -68,7 +80,9 @@ impl Master {
                 cmd.arg("connect")
                     .arg("-F")
                     .arg(env.config_path())
-                    .args(["--foreground", HOST]);
+                    .arg("--foreground")
+                    .args(args)
+                    .arg(HOST);
                 cmd
             }
         };

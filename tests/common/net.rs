@@ -216,8 +216,8 @@ pub struct UnixEchoServer {
 
 impl UnixEchoServer {
     pub fn start(path: &Path) -> UnixEchoServer {
-        let listener = UnixListener::bind(path)
-            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        let listener =
+            UnixListener::bind(path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
         let wake_path = path.to_owned();
         let wake = Box::new(move || {
             let _ = UnixStream::connect(&wake_path);

@@ -1,0 +1,512 @@
+//! Appending one master's stream of records to the audit log file.
+//!
+//! Several masters (one per destination, maybe of several users when the
+//! system policy names a shared file) append to the same file at once. Each
+//! record goes out as one `write(2)` of the whole line on a file opened with
+//! `O_APPEND`, under an exclusive `flock` held only for that write. The lock
+//! is what guarantees whole lines: `O_APPEND` alone makes concurrent writes
+//! land at the end but does not promise they are never split (NFS, very
+//! large writes, writers that retry short writes).
+//!
+//! A failed or short write leaves the chain where it was and is returned to
+//! the caller, which fails closed; a short write is also cut back off the
+//! file so that the next record, ours or another master's, does not end up
+//! glued to a partial line.
+//!
+//! The calls block (on the lock, and on `fdatasync` for durable records);
+//! async callers run them on a blocking thread.
+
+use std::fs::{DirBuilder, File};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::chain::{Chain, Event, MasterStart, MasterStop, StreamId, Timestamp};
+
+/// One master's stream in an audit log file.
+///
+/// Made only by [`AuditLog::start`], which writes the stream's
+/// `master_start` record, so no stream can lack one; [`AuditLog::stop`]
+/// consumes the log, so nothing can follow `master_stop`.
+#[derive(Debug)]
+pub struct AuditLog {
+    file: OwnedFd,
+    path: PathBuf,
+    chain: Chain,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log at `path` and writes the start record of
+    /// a new stream with a fresh random id, durably.
+    ///
+    /// A missing parent directory is created 0700 and a missing file 0600.
+    /// Existing ones keep their modes: a system-wide log's directory is the
+    /// administrator's to set. A symlink or anything but a regular file at
+    /// `path` is refused, so a planted link or FIFO cannot redirect or stall
+    /// the log.
+    pub fn start(path: impl AsRef<Path>, start: MasterStart) -> io::Result<AuditLog> {
+        let path = path.as_ref();
+        let stream = StreamId::from_bytes(rand::random());
+        let file = open_log_file(path)?;
+        let mut log = AuditLog {
+            file,
+            path: path.to_owned(),
+            chain: Chain::new(stream),
+        };
+        log.write_record(&Event::MasterStart(start), Durability::Synced, write_once)?;
+        Ok(log)
+    }
+
+    /// Appends a record without waiting for it to reach the disk. For
+    /// records that nothing waits on (connects, session ends, forwards).
+    ///
+    /// An error means the record is not in the log; the stream is left as
+    /// it was and later records still chain correctly. `master_start` (only
+    /// [`AuditLog::start`] writes it) and anything after a `master_stop` are
+    /// refused with [`io::ErrorKind::InvalidInput`].
+    pub fn append(&mut self, event: &Event) -> io::Result<()> {
+        self.write_record(event, Durability::Buffered, write_once)
+    }
+
+    /// Appends a record and returns only once it is on disk (`fdatasync`).
+    /// Decisions go this way: a session must not start on an answer the
+    /// log could still lose.
+    ///
+    /// If the write succeeds but the sync fails, the record is in the file
+    /// (and the stream continues after it) but the error is returned, so
+    /// the caller can still fail closed.
+    pub fn append_durable(&mut self, event: &Event) -> io::Result<()> {
+        self.write_record(event, Durability::Synced, write_once)
+    }
+
+    /// Writes the stream's `master_stop` record durably and closes the
+    /// stream.
+    pub fn stop(mut self, reason: impl Into<String>) -> io::Result<()> {
+        let event = Event::MasterStop(MasterStop {
+            reason: reason.into(),
+        });
+        self.write_record(&event, Durability::Synced, write_once)
+    }
+
+    /// This master's stream id.
+    pub fn stream(&self) -> StreamId {
+        self.chain.stream()
+    }
+
+    /// How many records of this stream are in the file.
+    pub fn records(&self) -> u64 {
+        self.chain.next_seq()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Builds the record and writes it with `write`, which tests replace to
+    /// provoke short writes and errors.
+    fn write_record(
+        &mut self,
+        event: &Event,
+        durability: Durability,
+        mut write: impl FnMut(BorrowedFd<'_>, &[u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let fd = self.file.as_fd();
+        {
+            let _lock = FileLock::exclusive(fd)?;
+            // The time is taken under the lock so that, between masters,
+            // file order is time order as far as the clock allows.
+            let pending = self
+                .chain
+                .prepare(Timestamp::now(), event)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+
+            let end = rustix::fs::fstat(fd)?.st_size;
+            let end = u64::try_from(end).map_err(|_| io::Error::other("negative file size"))?;
+            // A line left without its newline (a crash mid-write on some
+            // file systems, or a writer that ignores the lock) would swallow
+            // our record into a line that cannot parse. Finish it first: it
+            // stays a visible bad line and our record stays whole.
+            let separated;
+            let bytes = if end > 0 && last_byte(fd, end)? != b'\n' {
+                separated = [b"\n", pending.bytes()].concat();
+                &separated[..]
+            } else {
+                pending.bytes()
+            };
+
+            let written = retry_interrupted(|| write(fd, bytes))?;
+            if written != bytes.len() {
+                // Nobody else writes while we hold the lock, so the file
+                // ended at `end` before this write: cut the partial line
+                // off. If even that fails, verification will show the bad
+                // line; the chain still continues from our last whole one.
+                let _ = rustix::fs::ftruncate(fd, end);
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!(
+                        "short write to the audit log ({written} of {} bytes)",
+                        bytes.len()
+                    ),
+                ));
+            }
+            pending.commit();
+        }
+        // Synced outside the lock so other masters are not held up by our
+        // flush; fdatasync covers everything written to the file so far.
+        if durability == Durability::Synced {
+            retry_interrupted(|| rustix::fs::fdatasync(fd).map_err(io::Error::from))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Buffered,
+    Synced,
+}
+
+/// The one `write(2)` of a record.
+fn write_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    Ok(rustix::io::write(fd, bytes)?)
+}
+
+/// Retries a call interrupted by a signal before it did anything: for
+/// `write` to a regular file, `EINTR` means no byte was written.
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn last_byte(fd: BorrowedFd<'_>, end: u64) -> io::Result<u8> {
+    let mut byte = [0u8; 1];
+    let read = retry_interrupted(|| Ok(rustix::io::pread(fd, &mut byte[..], end - 1)?))?;
+    if read == 1 {
+        Ok(byte[0])
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "audit log shrank while locked",
+        ))
+    }
+}
+
+/// Creates the directory and opens the file as [`AuditLog::start`]
+/// describes.
+fn open_log_file(path: &Path) -> io::Result<OwnedFd> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        // Also any missing ancestors, 0700 as well (e.g. ~/.local/state).
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
+    }
+    let with_path = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open audit log {}: {e}", path.display()),
+        )
+    };
+    // Read access is for peeking at the last byte; O_NONBLOCK keeps a FIFO
+    // planted at the path from blocking the open (it is refused below) and
+    // changes nothing for a regular file.
+    let flags = OFlags::RDWR
+        | OFlags::APPEND
+        | OFlags::CREATE
+        | OFlags::CLOEXEC
+        | OFlags::NOFOLLOW
+        | OFlags::NOCTTY
+        | OFlags::NONBLOCK;
+    let file = rustix::fs::open(path, flags, Mode::RUSR | Mode::WUSR).map_err(|e| {
+        if e == Errno::LOOP {
+            with_path(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symlink",
+            ))
+        } else {
+            with_path(e.into())
+        }
+    })?;
+    let stat = rustix::fs::fstat(&file).map_err(|e| with_path(e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(with_path(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    // Make the new directory entry durable too, so a crash cannot lose the
+    // file that the first (synced) record went into. Best effort: some file
+    // systems do not sync directories, and the record itself is synced.
+    if let Some(dir) = parent
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(file)
+}
+
+/// An exclusive or shared `flock` on an open file, released on drop.
+struct FileLock<'fd> {
+    fd: BorrowedFd<'fd>,
+}
+
+impl<'fd> FileLock<'fd> {
+    fn exclusive(fd: BorrowedFd<'fd>) -> io::Result<Self> {
+        Self::take(fd, FlockOperation::LockExclusive)
+    }
+
+    fn shared(fd: BorrowedFd<'fd>) -> io::Result<Self> {
+        Self::take(fd, FlockOperation::LockShared)
+    }
+
+    fn take(fd: BorrowedFd<'fd>, operation: FlockOperation) -> io::Result<Self> {
+        retry_interrupted(|| Ok(rustix::fs::flock(fd, operation)?))?;
+        Ok(FileLock { fd })
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // Unlocking an fd we hold a lock on cannot meaningfully fail; were
+        // it to, closing the file would release the lock anyway.
+        let _ = rustix::fs::flock(self.fd, FlockOperation::Unlock);
+    }
+}
+
+/// Reads a whole log file for verification or display, under a shared lock
+/// so that no record being appended at that moment is seen half-written.
+pub fn read_log(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot read audit log {}: {e}", path.display()),
+        )
+    })?;
+    let mut data = Vec::new();
+    {
+        let _lock = FileLock::shared(file.as_fd())?;
+        // `Read for &File`, as the lock borrows the file.
+        (&file).read_to_end(&mut data)?;
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::tests::master_start;
+    use crate::audit::chain::{Break, Escape, LineFault, Record, verify, verify_bytes};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn escape(session: u64) -> Event {
+        Event::Escape(Escape {
+            session,
+            sequence: "~.".to_owned(),
+        })
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_private_directory_and_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state/muxguard/audit.jsonl");
+        let mut log = AuditLog::start(&path, master_start("h")).unwrap();
+        log.append(&escape(1)).unwrap();
+        log.append_durable(&escape(2)).unwrap();
+        assert_eq!(log.records(), 3);
+        let stream = log.stream();
+        log.stop("done").unwrap();
+
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+
+        let data = read_log(&path).unwrap();
+        let report = verify_bytes(&data);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.streams.len(), 1);
+        assert_eq!(report.streams[0].stream, stream);
+        assert_eq!(report.streams[0].records, 4);
+        assert!(report.streams[0].stopped);
+        let text = String::from_utf8(data).unwrap();
+        let first = Record::parse(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first.event, Event::MasterStart(master_start("h")));
+    }
+
+    #[test]
+    fn refuses_symlinks_and_special_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        let link = tmp.path().join("audit.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = AuditLog::start(&link, master_start("h")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"");
+
+        let err = AuditLog::start(tmp.path(), master_start("h")).unwrap_err();
+        assert!(err.to_string().contains("cannot open audit log"), "{err}");
+    }
+
+    #[test]
+    fn unwritable_directory_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let err = AuditLog::start(file.join("audit.jsonl"), master_start("h")).unwrap_err();
+        assert!(err.to_string().starts_with("cannot create "), "{err}");
+    }
+
+    #[test]
+    fn misplaced_start_is_refused_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.jsonl");
+        let mut log = AuditLog::start(&path, master_start("h")).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = log
+            .append(&Event::MasterStart(master_start("again")))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(log.records(), 1);
+        log.append(&Event::MasterStop(MasterStop {
+            reason: "by hand".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            log.append(&escape(1)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert!(verify_bytes(&std::fs::read(&path).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn failed_and_short_writes_leave_the_chain_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.jsonl");
+        let mut log = AuditLog::start(&path, master_start("h")).unwrap();
+        log.append(&escape(1)).unwrap();
+        let before = std::fs::read(&path).unwrap();
+
+        // The disk fills up: nothing written.
+        let err = log
+            .write_record(&escape(2), Durability::Synced, |_, _| {
+                Err(io::Error::from_raw_os_error(28)) // ENOSPC
+            })
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28));
+        assert_eq!(log.records(), 2);
+
+        // The disk fills up mid-line: half the line gets in.
+        let err = log
+            .write_record(&escape(3), Durability::Buffered, |fd, bytes| {
+                write_once(fd, &bytes[..bytes.len() / 2])
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(log.records(), 2);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "partial line not cut off"
+        );
+
+        // The next record chains to the last one really written.
+        log.append(&escape(4)).unwrap();
+        let report = verify_bytes(&std::fs::read(&path).unwrap());
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.streams[0].records, 3);
+    }
+
+    #[test]
+    fn a_partial_line_left_by_others_does_not_swallow_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.jsonl");
+        let mut log = AuditLog::start(&path, master_start("h")).unwrap();
+        // Someone appended without the lock and died mid-line.
+        let mut other = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        io::Write::write_all(&mut other, b"{\"ts\":\"2026-").unwrap();
+        log.append(&escape(1)).unwrap();
+        log.stop("done").unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let report = verify(&text);
+        assert!(
+            matches!(
+                report.first_break,
+                Some(Break::Line {
+                    line: 2,
+                    fault: LineFault::NotJson(_)
+                })
+            ),
+            "{report}"
+        );
+        // Our stream is whole around it.
+        assert_eq!(report.streams.len(), 1);
+        assert_eq!(report.streams[0].records, 3);
+        assert!(report.streams[0].stopped);
+        let ours: Vec<&str> = text.lines().filter(|l| *l != "{\"ts\":\"2026-").collect();
+        assert!(verify(&(ours.join("\n") + "\n")).is_ok());
+    }
+
+    #[test]
+    fn concurrent_masters_never_interleave() {
+        const MASTERS: usize = 4;
+        const RECORDS: u64 = 200;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.jsonl");
+        let threads: Vec<_> = (0..MASTERS)
+            .map(|m| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut log =
+                        AuditLog::start(&path, master_start(&format!("host-{m}"))).unwrap();
+                    for i in 0..RECORDS {
+                        // Some durable, as decisions are, to mix in syncs.
+                        if i % 50 == 0 {
+                            log.append_durable(&escape(i)).unwrap();
+                        } else {
+                            log.append(&escape(i)).unwrap();
+                        }
+                    }
+                    log.stream()
+                })
+            })
+            .collect();
+        let streams: Vec<StreamId> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+        let data = read_log(&path).unwrap();
+        let text = String::from_utf8(data).unwrap();
+        assert_eq!(text.lines().count(), MASTERS * (RECORDS as usize + 1));
+        for line in text.lines() {
+            Record::parse(line).unwrap();
+        }
+        let report = verify(&text);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.streams.len(), MASTERS);
+        for summary in &report.streams {
+            assert!(streams.contains(&summary.stream));
+            assert_eq!(summary.records, RECORDS + 1);
+            assert_eq!(summary.last_seq, RECORDS);
+        }
+    }
+}
