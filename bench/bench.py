@@ -7,7 +7,10 @@ Measures
      needs no remote process), median and p90, for muxguard, `ssh -M` and
      fresh connections (`-o ControlPath=none`);
   2. bulk throughput through one session (upload and download, default
-     1 GiB), per cipher, with the master's CPU time during the transfer.
+     1 GiB), per cipher, with the master's CPU time during the transfer;
+  3. a stalled consumer: one session's client does not read its 200 MiB
+     for 10 s while new sessions and an interactive echo are timed, then
+     reads it all (byte count checked), with the master's peak RSS.
 
 The two masters are interleaved round by round (order alternating) so that
 drift on a noisy machine hits both alike. Python standard library only.
@@ -24,6 +27,7 @@ import getpass
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import socket
@@ -82,10 +86,13 @@ def cpu_ticks(pid):
 
 
 def loadavg():
+    """1-min load average, and how many tasks are runnable right now (the
+    average decays slowly after a burst of other work; the count does not)."""
     try:
         with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
+            fields = f.read().split()
+        return f"{fields[0]} (runnable now: {fields[3].split('/')[0]})"
+    except (OSError, IndexError):
         return "?"
 
 
@@ -534,6 +541,278 @@ def bench_bulk(masters, directions, size, repeats, timeout, sparse_file):
 
 
 
+# ---------------------------------------------------------------- stall
+
+
+def vm_status_kib(pid, field):
+    """A `field:` line of /proc/PID/status in KiB (VmRSS, VmHWM, ...)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def deleted_file_bytes(pid):
+    """Bytes allocated on disk by the regular files a process holds open
+    after unlinking them (muxguard's spill files), summed."""
+    total = 0
+    d = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(d)
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(f"{d}/{fd}")
+            if not target.endswith(" (deleted)") or not target.startswith("/"):
+                continue
+            st = os.stat(f"{d}/{fd}")
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 == 0o100000:  # regular file
+            total += st.st_blocks * 512
+    return total
+
+
+class Sampler:
+    """Samples a master's VmRSS and spill files every `interval` seconds
+    in a thread; keeps the maxima."""
+
+    def __init__(self, pid, interval=0.05):
+        self.pid = pid
+        self.interval = interval
+        self.rss_max = 0
+        self.spill_max = 0
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while True:
+            rss = vm_status_kib(self.pid, "VmRSS")
+            spill = deleted_file_bytes(self.pid)
+            self.rss_max = max(self.rss_max, rss or 0)
+            self.spill_max = max(self.spill_max, spill or 0)
+            if self.stop_ev.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_ev.set()
+        self.t.join()
+
+
+class EchoSession:
+    """One long-lived `ssh -S sock alias cat`: write a line, time until it
+    comes back (an interactive keystroke-and-echo, without a tty)."""
+
+    def __init__(self, m, errfile):
+        self.p = subprocess.Popen(m.client() + [m.env.alias, "cat"],
+                                  stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=errfile,
+                                  start_new_session=True, bufsize=0)
+        self.label = m.label
+        self.seq = 0
+        self.buf = b""
+
+    def round_trip(self, timeout):
+        """Milliseconds, or None if the line did not come back in time."""
+        self.seq += 1
+        line = f"ping {self.seq:06d}\n".encode()
+        t0 = time.perf_counter()
+        os.write(self.p.stdin.fileno(), line)
+        fd = self.p.stdout.fileno()
+        # A line that came back late from an earlier (timed-out) round trip
+        # may precede ours; wait for our own.
+        while line not in self.buf:
+            left = timeout - (time.perf_counter() - t0)
+            if left <= 0:
+                return None
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"echo session through {self.label} ended "
+                                   f"(ssh exit status {self.p.wait()})")
+            self.buf += chunk
+        dt = time.perf_counter() - t0
+        self.buf = self.buf.split(line, 1)[1]
+        return dt * 1000.0
+
+    def close(self):
+        try:
+            self.p.stdin.close()
+            self.p.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+
+
+def timed_or_none(cmd, timeout):
+    """Like timed(), but a run that takes longer than `timeout` seconds is
+    killed and counted as None instead of aborting the benchmark."""
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: "
+                           f"{r.stderr.decode(errors='replace').strip()}")
+    return dt * 1000.0
+
+
+def interactive_probes(m, echo, runs, start=None, window=None):
+    """`runs` x (new session `true`, echo round trip). With `window`
+    seconds from `start`, the probes are spread evenly across it and the
+    timeouts end with it (at least 2 s each)."""
+    trues, echoes = [], []
+    for i in range(runs):
+        if window:
+            slot = start + i * window / runs
+            now = time.perf_counter()
+            if slot > now:
+                time.sleep(slot - now)
+            to = max(2.0, start + window - time.perf_counter())
+        else:
+            to = 30.0
+        trues.append(timed_or_none(m.client() + [m.env.alias, "true"], to))
+        if window:
+            to = max(2.0, start + window - time.perf_counter())
+        echoes.append(echo.round_trip(to))
+    return trues, echoes
+
+
+def stall_one(m, size, secs, runs, timeout):
+    """The stalled-consumer test against one master. See README."""
+    env = m.env
+    pid = m.proc.pid
+    errpath = os.path.join(env.tmp, f"stall-{m.name}.err")
+    res = {}
+    with open(errpath, "wb") as errf:
+        echo = EchoSession(m, errf)
+        try:
+            for _ in range(3):  # warm-up
+                if echo.round_trip(30) is None:
+                    raise RuntimeError(f"echo through {m.label}: no answer in 30 s")
+                timed(m.client() + [env.alias, "true"])
+            res["base_true"], res["base_echo"] = interactive_probes(m, echo, runs)
+            res["rss_idle"] = vm_status_kib(pid, "VmRSS")
+            reset_hwm(pid)
+            c0 = cpu_ticks(pid)
+            p = subprocess.Popen(
+                m.client() + [env.alias, f"head -c {size} /dev/zero"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf,
+                start_new_session=True, bufsize=0)
+            t0 = time.perf_counter()
+            try:
+                with Sampler(pid) as smp:
+                    # Probes from 0.2 s in (while the master is still taking
+                    # in the stalled session's output) to 1 s before the end.
+                    res["stall_true"], res["stall_echo"] = interactive_probes(
+                        m, echo, runs, start=t0 + 0.2,
+                        window=max(0.5, secs - 1.2))
+                    res["probes_s"] = time.perf_counter() - t0
+                    left = t0 + secs - time.perf_counter()
+                    if left > 0:
+                        time.sleep(left)
+                    res["stalled_s"] = time.perf_counter() - t0
+                    res["client_alive"] = p.poll() is None
+                    c1 = cpu_ticks(pid)
+                    res["spill_at_end"] = deleted_file_bytes(pid) or 0
+                    # Now read everything.
+                    t1 = time.perf_counter()
+                    got = 0
+                    buf = bytearray(MIB)
+                    with Killer(p, timeout) as k:
+                        while True:
+                            n = p.stdout.readinto(buf)
+                            if not n:
+                                break
+                            got += n
+                        p.wait()
+                    res["drain_s"] = time.perf_counter() - t1
+                    res["drain_timed_out"] = k.fired
+                    c2 = cpu_ticks(pid)
+                res["hwm"] = vm_hwm_kib(pid)
+                res["rss_max"] = smp.rss_max
+                res["spill_max"] = smp.spill_max
+            finally:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            res["got"] = got
+            res["rc"] = p.returncode
+            res["cpu_stall"] = (c1 - c0) / CLK_TCK
+            res["cpu_drain"] = (c2 - c1) / CLK_TCK
+            # After the drain: does the interactive session still work, and
+            # has the master given its memory back?
+            res["after_echo"] = echo.round_trip(30)
+            time.sleep(0.5)
+            res["rss_after"] = vm_status_kib(pid, "VmRSS")
+            res["spill_after"] = deleted_file_bytes(pid) or 0
+        finally:
+            echo.close()
+    if m.proc.poll() is not None:
+        raise RuntimeError(f"{m.label} died during the stall test (exit "
+                           f"status {m.proc.returncode})")
+    with open(errpath, errors="replace") as f:
+        res["stderr"] = f.read().strip()
+    res["ok"] = (res["got"] == size and res["rc"] == 0
+                 and not res["drain_timed_out"])
+    return res
+
+
+def fmt_ms_list(vals):
+    """(median, max) strings for a list of ms that may hold None (timeout)."""
+    done = [v for v in vals if v is not None]
+    lost = len(vals) - len(done)
+    if not done:
+        return "timeout", "timeout"
+    med = f"{statistics.median(done):.1f}"
+    mx = f"{max(done):.1f}"
+    if lost:
+        med += f" ({lost} timed out)"
+        mx = "timeout"
+    return med, mx
+
+
+def bench_stall(masters, size, secs, runs, timeout):
+    out = {}
+    for m in masters:
+        log(f"  stall: {m.label}: {size / MIB:.0f} MiB unread for {secs:g} s, "
+            f"{runs} x (true, echo) before and during")
+        r = stall_one(m, size, secs, runs, timeout)
+        out[m.name] = r
+        bt, st = fmt_ms_list(r["base_true"]), fmt_ms_list(r["stall_true"])
+        be, se = fmt_ms_list(r["base_echo"]), fmt_ms_list(r["stall_echo"])
+        log(f"    true ms median/max: no stall {bt[0]}/{bt[1]}, stalled "
+            f"{st[0]}/{st[1]}; echo ms: no stall {be[0]}/{be[1]}, stalled "
+            f"{se[0]}/{se[1]}")
+        def each(vals):
+            return " ".join("timeout" if v is None else f"{v:.1f}" for v in vals)
+        log(f"    during the stall, in order: true [{each(r['stall_true'])}]; "
+            f"echo [{each(r['stall_echo'])}]")
+        log(f"    got {r['got']} of {size} bytes, exit {r['rc']}, "
+            f"{'OK' if r['ok'] else 'FAIL'}; read-back {r['drain_s']:.2f} s; "
+            f"peak RSS {(r['hwm'] or 0) / 1024:.1f} MiB; spill max "
+            f"{r['spill_max'] / MIB:.1f} MiB")
+    return out
+
+
+
 # ---------------------------------------------------------------- reporting
 
 
@@ -568,7 +847,7 @@ def fmt_ratio(x):
 
 
 def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
-                 load=None):
+                 load=None, stall=None):
     L = []
     L.append(f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux "
              f"{info['kernel']}, {info['ssh']}; {info['date']}")
@@ -645,10 +924,86 @@ def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
         L.append("")
         L.append(f"Negotiated ciphers (sshd's log): {seen}")
         L.append("")
+    if stall:
+        L.extend(stall_report(stall, args))
     if load:
         L.append(f"Load average (1 min) at start / end: {load[0]} / {load[1]}")
         L.append("")
     return "\n".join(L)
+
+
+def stall_report(stall, args):
+    L = []
+    mg, osm = stall.get("muxguard"), stall.get("openssh")
+    L.append(f"### Stalled consumer: `head -c {args.stall_size / MIB:.0f}M "
+             f"/dev/zero`, client not reading for {args.stall_secs:g} s "
+             f"({args.stall_runs} probes each; cipher {args.ciphers[0]})")
+    L.append("")
+    L.append("| probe | muxguard median ms | muxguard max ms | OpenSSH median ms "
+             "| OpenSSH max ms | ratio median | ratio max |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+
+    def ratio(a, b):
+        da = [v for v in a if v is not None]
+        db = [v for v in b if v is not None]
+        if len(da) < len(a) or len(db) < len(b) or not da or not db:
+            return "n/a", "n/a"
+        return (f"{statistics.median(da) / statistics.median(db):.2f}",
+                f"{max(da) / max(db):.2f}")
+    rows = [("new session `true`, no stall", "base_true"),
+            ("new session `true`, during the stall", "stall_true"),
+            ("echo round trip (`cat` session), no stall", "base_echo"),
+            ("echo round trip (`cat` session), during the stall", "stall_echo")]
+    for label, key in rows:
+        a = fmt_ms_list(mg[key]) if mg else ("–", "–")
+        b = fmt_ms_list(osm[key]) if osm else ("–", "–")
+        rm, rx = ratio(mg[key], osm[key]) if mg and osm else ("n/a", "n/a")
+        L.append(f"| {label} | {a[0]} | {a[1]} | {b[0]} | {b[1]} | {rm} | {rx} |")
+    L.append("")
+    L.append("| stalled session | muxguard | OpenSSH master |")
+    L.append("|---|---:|---:|")
+
+    def cell(r, f):
+        return f(r) if r else "–"
+    size = args.stall_size
+    facts = [
+        ("bytes received after the stall",
+         lambda r: f"{r['got']} {'**OK**' if r['ok'] else '**FAIL**'}"
+                   + ("" if r["rc"] == 0 else f" (ssh exit {r['rc']})")),
+        ("client still waiting when the stall ended",
+         lambda r: "yes" if r["client_alive"] else "**no**"),
+        ("reading it all after the stall",
+         lambda r: f"{r['drain_s']:.2f} s ({size / MIB / r['drain_s']:.0f} MiB/s)"),
+        ("master RSS MiB: idle / peak (VmHWM) / after",
+         lambda r: f"{(r['rss_idle'] or 0) / 1024:.1f} / {(r['hwm'] or 0) / 1024:.1f}"
+                   f" / {(r['rss_after'] or 0) / 1024:.1f}"),
+        ("master's unlinked (spill) files on disk, MiB: max / at end of stall / after",
+         lambda r: f"{r['spill_max'] / MIB:.1f} / {r['spill_at_end'] / MIB:.1f}"
+                   f" / {r['spill_after'] / MIB:.1f}"),
+        ("master CPU s: during the stall / reading back",
+         lambda r: f"{r['cpu_stall']:.2f} / {r['cpu_drain']:.2f}"),
+        ("`true` during the stall: max < 100 ms",
+         lambda r: "yes" if all(v is not None and v < 100 for v in r["stall_true"])
+                   else "**no**"),
+        ("echo after the read-back, ms",
+         lambda r: "timeout" if r["after_echo"] is None else f"{r['after_echo']:.1f}"),
+    ]
+    for label, f in facts:
+        L.append(f"| {label} | {cell(mg, f)} | {cell(osm, f)} |")
+    L.append("")
+    L.append("The probes (a new session running `true`, then one line through "
+             "a long-lived `cat` session opened before the stall) are spread "
+             "over the stall from 0.2 s in; \"no stall\" is the same probes "
+             "just before. Peak RSS is VmHWM, reset when the stalled session "
+             "starts; spill files are sampled every 50 ms from "
+             "`/proc/PID/fd` (unlinked regular files, allocated blocks).")
+    for name, r in stall.items():
+        if r.get("stderr"):
+            L.append("")
+            L.append(f"stderr of the {name} stall clients: "
+                     f"`{r['stderr'][:300]}`")
+    L.append("")
+    return L
 
 
 def print_tables(report):
@@ -708,6 +1063,15 @@ def main():
                          + " (default: all)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-bulk", action="store_true")
+    ap.add_argument("--no-stall", action="store_true",
+                    help="skip the stalled-consumer test")
+    ap.add_argument("--stall-size", type=parse_size, default=200 * MIB,
+                    help="output of the stalled session (default 200M)")
+    ap.add_argument("--stall-secs", type=float, default=10.0,
+                    help="seconds the stalled client does not read (default 10)")
+    ap.add_argument("--stall-runs", type=int, default=10,
+                    help="`true` and echo probes, with and without the stall "
+                         "(default 10)")
     ap.add_argument("--no-fresh", action="store_true",
                     help="skip fresh-connection latency")
     ap.add_argument("--shell-rc", action="store_true",
@@ -746,6 +1110,7 @@ def main():
     lat = None
     extra_auths = 0
     bulk = {}
+    stall = None
     ciphers_seen = {}
     masters = []
     ok = False
@@ -755,6 +1120,14 @@ def main():
         sparse = os.path.join(tmp, "zeros")
         with open(sparse, "wb") as f:  # sparse: reads cost no disk I/O
             f.truncate(args.size)
+        if not args.no_bulk and "up-file" in args.directions:
+            # Reading a hole still fills the page cache with zeroed pages;
+            # do it here, or the first master to read the file pays for it
+            # (about 2.5 s of system time per GiB here).
+            with open(sparse, "rb", buffering=0) as f:
+                buf = bytearray(MIB)
+                while f.readinto(buf):
+                    pass
         log(f"sshd on 127.0.0.1:{env.port}, temp dir {tmp}")
         for ci, cipher in enumerate(args.ciphers):
             cfg = env.write_config(cipher)
@@ -781,6 +1154,9 @@ def main():
                     methods.append(Method("fresh", "fresh connection", env, cfg))
                 log(f"  latency: {args.runs} runs x {len(methods)} methods")
                 lat, extra_auths = bench_latency(env, methods, args.runs)
+            if ci == 0 and not args.no_stall:
+                stall = bench_stall(masters, args.stall_size, args.stall_secs,
+                                    args.stall_runs, args.timeout)
             if not args.no_bulk:
                 log(f"  bulk: {args.size / MIB:.0f} MiB x {args.repeats} "
                     f"x {len(args.directions)} directions x 2 masters")
@@ -814,7 +1190,7 @@ def main():
 
     load.append(loadavg())
     report = build_report(info, args, cmdline, lat, extra_auths, bulk,
-                          ciphers_seen, load)
+                          ciphers_seen, load, stall)
     print_tables(report)
     if args.markdown:
         write_markdown(args.markdown, report)

@@ -35,6 +35,19 @@ pub enum Command {
     /// Check a policy file, or explain the decision for a request
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash chain in the log: exit 0 if intact, 1 with the
+    /// first broken link (line number and why) if not
+    Verify {
+        /// The log file (default: $XDG_STATE_HOME/muxguard/audit.jsonl)
+        file: Option<PathBuf>,
+    },
 }
 
 /// Where the policy files are (both flags default to the standard places).

@@ -2,6 +2,7 @@
 //! master. The binary (`src/main.rs`) is a thin wrapper around this library.
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connect;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => muxguard::connect::run(args),
         Command::Ensure(args) => muxguard::ensure::run(args),
         Command::Policy(command) => muxguard::policy_cmd::run(command),
+        Command::Audit(command) => muxguard::audit::run(command),
     };
     match result {
         Ok(code) => code,

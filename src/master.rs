@@ -328,9 +328,12 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let reason = serve(&master, listener, &socket, upstream.closed.clone(), persist).await;
     master.shutdown(&reason.text);
     socket.remove();
-    // Give sessions a moment to tell their clients why, then go.
+    // Give sessions a moment to tell their clients why, then go. Forwards
+    // have nobody to tell: they are not waited for.
     let mut active = master.active.subscribe();
-    let _ = tokio::time::timeout(Duration::from_secs(2), active.wait_for(|n| *n == 0)).await;
+    let sessions_gone =
+        active.wait_for(|_| master.sessions.lock().expect("not poisoned").is_empty());
+    let _ = tokio::time::timeout(Duration::from_secs(2), sessions_gone).await;
     let _ = upstream
         .handle
         .disconnect(

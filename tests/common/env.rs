@@ -243,6 +243,18 @@ Host {HOST}
         Master::start_with_args(self, MasterKind::Muxguard, args)
     }
 
+    /// Like [`TestEnv::start_muxguard_with`], with extra environment
+    /// variables for the master only (such as a private
+    /// `DBUS_SESSION_BUS_ADDRESS`); clients keep the scrubbed environment.
+    pub fn start_muxguard_with_env<S, K, V>(&self, args: &[S], vars: &[(K, V)]) -> Master
+    where
+        S: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        Master::start_with_args_env(self, MasterKind::Muxguard, args, vars)
+    }
+
     /// Panics unless exactly `expected` connections have authenticated.
     #[track_caller]
     pub fn assert_connections(&self, expected: usize) {

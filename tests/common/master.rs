@@ -62,6 +62,28 @@ impl Master {
     /// `connect` (such as `--policy FILE`), placed before the destination.
     /// OpenSSH's master takes no extra arguments.
     pub fn start_with_args<S: AsRef<OsStr>>(env: &TestEnv, kind: MasterKind, args: &[S]) -> Master {
+        Master::start_with_args_env(env, kind, args, &[] as &[(&str, &str)])
+    }
+
+    /// Like [`Master::start_with_args`], with extra environment variables
+    /// for the master process only (e.g. a private `DBUS_SESSION_BUS_ADDRESS`
+    /// or `SSH_ASKPASS`, which [`TestEnv::command`] otherwise removes).
+    /// Clients started by the test do not get them.
+    pub fn start_with_args_env<S, K, V>(
+        env: &TestEnv,
+        kind: MasterKind,
+        args: &[S],
+        vars: &[(K, V)],
+    ) -> Master
+    where
+        S: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        assert!(
+            kind == MasterKind::Muxguard || vars.is_empty(),
+            "extra environment is for muxguard only"
+        );
         assert!(
             kind == MasterKind::Muxguard || args.is_empty(),
             "extra arguments are for muxguard only"
@@ -83,6 +105,9 @@ impl Master {
                     .arg("--foreground")
                     .args(args)
                     .arg(HOST);
+                for (key, value) in vars {
+                    cmd.env(key, value);
+                }
                 cmd
             }
         };
