@@ -1130,6 +1130,8 @@ def main():
                     pass
         log(f"sshd on 127.0.0.1:{env.port}, temp dir {tmp}")
         for ci, cipher in enumerate(args.ciphers):
+            if ci > 0 and args.no_bulk:
+                break  # only bulk runs for the other ciphers
             cfg = env.write_config(cipher)
             log(f"[{cipher}] starting masters")
             t0 = time.perf_counter()
