@@ -38,6 +38,13 @@ pub enum Command {
     /// Work with the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show a sample confirmation prompt, to check the desktop set-up, and
+    /// print what answered
+    PromptTest {
+        /// How long to wait for an answer
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Ensure(args) => muxguard::ensure::run(args),
         Command::Policy(command) => muxguard::policy_cmd::run(command),
         Command::Audit(command) => muxguard::audit::run(command),
+        Command::PromptTest { timeout } => muxguard::prompt::prompt_test(timeout),
     };
     match result {
         Ok(code) => code,

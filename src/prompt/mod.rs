@@ -122,6 +122,46 @@ impl Prompter {
     }
 }
 
+/// `muxguard prompt-test`: shows a sample prompt with whatever means this
+/// desktop offers and reports what answered. Exit 0 only for an allow.
+pub fn prompt_test(timeout: Duration) -> anyhow::Result<std::process::ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let prompter = Prompter::discover().await;
+        match &prompter.notifications {
+            Some(notifications) => match notifications.available().await {
+                Ok(()) => println!("desktop notifications: available, with action buttons"),
+                Err(why) => println!("desktop notifications: not usable ({why})"),
+            },
+            None => println!(
+                "desktop notifications: {}",
+                prompter.no_notifications.as_deref().unwrap_or("unavailable")
+            ),
+        }
+        println!(
+            "SSH_ASKPASS fallback: {}",
+            if prompter.askpass.is_some() { "available" } else { "not available (needs SSH_ASKPASS and a display)" }
+        );
+        println!("screen lock: {}", prompter.lock_state().await.describe());
+        let text = PromptText {
+            summary: "muxguard prompt test".into(),
+            body: format!(
+                "This is a test of muxguard's confirmation prompt (pid {}). Nothing will be allowed.",
+                std::process::id()
+            ),
+            remember_label: "10m".into(),
+        };
+        println!("asking (waiting up to {})…", humantime::format_duration(timeout));
+        let answer = prompter.ask(&text, timeout).await;
+        println!("answer: {}", answer.describe());
+        Ok(if answer.allows() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        })
+    })
+}
+
 /// Identical asks share one prompt and one answer; an "Allow for …" answer
 /// covers the same host + program + kind for a while.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
