@@ -38,6 +38,11 @@ pub enum Command {
     /// Work with the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Show what a running master holds: its connection, sessions with
+    /// their buffers, forwards, and remembered prompt answers
+    Status(StatusArgs),
+    /// Drop a running master's remembered prompt answers
+    Forget(StatusArgs),
     /// Show a sample confirmation prompt, to check the desktop set-up, and
     /// print what answered
     PromptTest {
@@ -171,4 +176,13 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Control socket path (default: as for connect)
+    #[arg(long, value_name = "PATH")]
+    pub control_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: SshOptions,
 }

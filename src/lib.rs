@@ -14,4 +14,5 @@ pub mod paths;
 pub mod policy_cmd;
 pub mod prompt;
 pub mod spill;
+pub mod status;
 pub mod upstream;

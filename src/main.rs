@@ -21,6 +21,8 @@ fn main() -> ExitCode {
         Command::Ensure(args) => muxguard::ensure::run(args),
         Command::Policy(command) => muxguard::policy_cmd::run(command),
         Command::Audit(command) => muxguard::audit::run(command),
+        Command::Status(args) => muxguard::status::run(args, "muxguard-status"),
+        Command::Forget(args) => muxguard::status::run(args, "muxguard-forget"),
         Command::PromptTest { timeout } => muxguard::prompt::prompt_test(timeout),
     };
     match result {

@@ -44,6 +44,9 @@ pub struct MasterState {
     /// Becomes `Some(reason)` when the master is shutting down.
     pub shutdown: watch::Sender<Option<String>>,
     listening: watch::Sender<bool>,
+    pub host_key_fingerprint: String,
+    pub peer_address: std::net::SocketAddr,
+    pub started: Instant,
     pub policy: PolicyStore,
     pub prompter: Prompter,
     pub prompts: PromptMemory,
@@ -100,6 +103,39 @@ impl MasterState {
             master: Arc::clone(self),
             id,
         }
+    }
+
+    /// `-O conninfo`: the connection this master holds.
+    pub fn describe_connection(&self) -> String {
+        format!(
+            "muxguard master pid {} (up {}s)\nconnected to {}@{} port {} ({}), host key {}\n",
+            std::process::id(),
+            self.started.elapsed().as_secs(),
+            self.config.user,
+            self.config.hostname,
+            self.config.port,
+            self.peer_address,
+            self.host_key_fingerprint
+        )
+    }
+
+    /// `muxguard status`: connection, sessions, forwards, remembered answers.
+    pub fn describe_status(&self) -> String {
+        let mut text = self.describe_connection();
+        text.push_str(&self.describe_sessions().replace("\r\n", "\n"));
+        let remembered = self.prompts.remembered();
+        if remembered.is_empty() {
+            text.push_str("No remembered answers.\n");
+        } else {
+            text.push_str("Remembered answers:\n");
+            for (key, seconds) in remembered {
+                text.push_str(&format!(
+                    "  {} by {} on {}: allowed for {}s more\n",
+                    key.kind, key.program, key.host, seconds
+                ));
+            }
+        }
+        text
     }
 
     /// Lets `~#` show a session's output buffers.
@@ -304,6 +340,9 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         winch,
         shutdown,
         listening,
+        host_key_fingerprint: upstream.host_key_fingerprint.clone(),
+        peer_address: upstream.peer,
+        started: Instant::now(),
         policy,
         prompter,
         prompts: PromptMemory::default(),

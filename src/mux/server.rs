@@ -139,7 +139,11 @@ async fn serve(
     // Our HELLO goes first, before reading anything: the client also writes
     // before it reads, so neither side can deadlock.
     writer
-        .send(&ServerMessage::Hello { extensions: vec![] })
+        .send(&ServerMessage::Hello {
+            // As OpenSSH 10.3+: lets newer clients use -O conninfo and
+            // -O channels; older ones ignore unknown extensions.
+            extensions: vec![("info".into(), "0".into())],
+        })
         .await?;
     let Some(first) = reader.read_packet().await? else {
         return Ok(());
@@ -428,7 +432,31 @@ async fn serve(
                 };
                 writer.send(&reply).await?;
             }
-            ClientMessage::ExtInfo { rid, .. } | ClientMessage::Unknown { rid, .. } => {
+            ClientMessage::ExtInfo { rid, name } => {
+                let (supported, text) = match name.as_str() {
+                    "connection" => (true, master.describe_connection()),
+                    "channels" => (true, master.describe_sessions().replace("\r\n", "\n")),
+                    // muxguard's own: `muxguard status` and `muxguard forget`.
+                    "muxguard-status" => (true, master.describe_status()),
+                    "muxguard-forget" => {
+                        let dropped = master.prompts.forget();
+                        info!(
+                            client = client_id,
+                            "forgot {dropped} remembered answer(s) on request"
+                        );
+                        (true, format!("forgot {dropped} remembered answer(s)\n"))
+                    }
+                    _ => (false, String::new()),
+                };
+                writer
+                    .send(&ServerMessage::ExtInfo {
+                        rid,
+                        supported,
+                        text,
+                    })
+                    .await?;
+            }
+            ClientMessage::Unknown { rid, .. } => {
                 writer
                     .send(&ServerMessage::Failure {
                         rid,

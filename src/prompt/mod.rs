@@ -125,7 +125,9 @@ impl Prompter {
 /// `muxguard prompt-test`: shows a sample prompt with whatever means this
 /// desktop offers and reports what answered. Exit 0 only for an allow.
 pub fn prompt_test(timeout: Duration) -> anyhow::Result<std::process::ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let prompter = Prompter::discover().await;
         match &prompter.notifications {

@@ -1,0 +1,73 @@
+//! `muxguard status DEST` and `muxguard forget DEST`: ask a running master
+//! (through its control socket, with the mux protocol's `info` extension)
+//! what it holds, or to drop its remembered prompt answers.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::cli::StatusArgs;
+use crate::mux::wire::{self, ServerMessage};
+
+pub fn run(args: StatusArgs, request: &str) -> anyhow::Result<ExitCode> {
+    let control_path = match &args.control_path {
+        Some(path) => path.clone(),
+        None => {
+            let host = crate::config::resolve(&args.ssh)?;
+            crate::master::choose_control_path(None, &host, &args.ssh)?
+        }
+    };
+    let text = ask_master(&control_path, request)?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One EXT_INFO exchange with the master at `path`.
+pub fn ask_master(path: &Path, name: &str) -> anyhow::Result<String> {
+    let mut stream = UnixStream::connect(path)
+        .with_context(|| format!("no master answers on {} (is one running?)", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let _hello = read_packet(&mut stream)?;
+    let mut request = ServerMessage::Hello { extensions: vec![] }.encode();
+    let mut body = Vec::new();
+    body.extend_from_slice(&wire::msg::C_EXT_INFO.to_be_bytes());
+    body.extend_from_slice(&0u32.to_be_bytes());
+    body.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    body.extend_from_slice(name.as_bytes());
+    request.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    request.extend_from_slice(&body);
+    stream.write_all(&request)?;
+    let reply = read_packet(&mut stream)?;
+    let field = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(reply.get(at..at + 4)?.try_into().ok()?))
+    };
+    match field(0) {
+        Some(wire::msg::S_EXT_INFO) => {}
+        Some(wire::msg::S_PERMISSION_DENIED) => bail!("the master refused the request"),
+        _ => bail!(
+            "{} is not a muxguard master (it does not answer {name})",
+            path.display()
+        ),
+    }
+    if field(8) != Some(1) {
+        bail!("the master at {} does not support {name}", path.display());
+    }
+    let len = field(12).context("short reply")? as usize;
+    let text = reply.get(16..16 + len).context("short reply")?;
+    Ok(String::from_utf8_lossy(text).into_owned())
+}
+
+fn read_packet(stream: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream
+        .read_exact(&mut len)
+        .context("the master closed the connection")?;
+    let len = wire::check_length(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    Ok(body)
+}

@@ -1,0 +1,88 @@
+//! `muxguard status` and `muxguard forget` against a running master: they
+//! talk to it through its control socket with the mux `info` extension.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::process::{ChildGuard, wait_for};
+use common::{HOST, MasterKind, TestEnv, run};
+
+#[test]
+fn status_lists_the_connection_and_live_sessions() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let master = env.start_master(MasterKind::Muxguard);
+    let marker = env.work_dir().join("started");
+    let mut cmd = env.ssh_cmd(&format!("touch {}; sleep 30", marker.display()));
+    cmd.stdin(Stdio::piped());
+    let _session = ChildGuard::spawn(cmd, "long session");
+    wait_for("the session to start", Duration::from_secs(20), || {
+        marker.exists()
+    });
+
+    let status = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .arg("status")
+        .arg("-F")
+        .arg(env.config_path())
+        .arg(HOST));
+    status.assert_success("muxguard status");
+    assert!(
+        status
+            .stdout
+            .contains(&format!("muxguard master pid {}", master.pid())),
+        "{status:#?}"
+    );
+    assert!(status.stdout.contains("host key SHA256:"), "{status:#?}");
+    assert!(
+        status.stdout.contains("sleep 30"),
+        "the live session is not listed: {status:#?}"
+    );
+    assert!(
+        status.stdout.contains("No remembered answers."),
+        "{status:#?}"
+    );
+
+    let forget = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["forget", "--control-path"])
+        .arg(env.control_path())
+        .arg(HOST));
+    forget.assert_success("muxguard forget");
+    assert!(
+        forget.stdout.contains("forgot 0 remembered answer(s)"),
+        "{forget:#?}"
+    );
+}
+
+#[test]
+fn status_without_a_master_says_so() {
+    let env = TestEnv::new();
+    let out = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["status", "--control-path"])
+        .arg(env.control_path())
+        .arg(HOST));
+    assert!(!out.status.success(), "{out:#?}");
+    assert!(out.stderr.contains("no master answers"), "{out:#?}");
+}
+
+#[test]
+fn status_of_an_openssh_master_is_refused_clearly() {
+    if !common::selected(MasterKind::OpenSsh) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = env.start_master(MasterKind::OpenSsh);
+    let out = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["status", "--control-path"])
+        .arg(env.control_path())
+        .arg(HOST));
+    assert!(!out.status.success(), "{out:#?}");
+    assert!(out.stderr.contains("muxguard:"), "{out:#?}");
+}
