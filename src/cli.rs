@@ -133,6 +133,10 @@ pub struct ConnectArgs {
     /// `connect`; report readiness on stdout, then detach
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+    /// Audit log file (default: the system policy's audit_log, else
+    /// $XDG_STATE_HOME/muxguard/audit.jsonl)
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     #[command(flatten)]
     pub policy: PolicyFiles,
     #[command(flatten)]

@@ -36,6 +36,10 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             child_args.push("--persist".into());
             child_args.push(persist_arg(persist).into());
         }
+        if let Some(file) = &args.audit_log {
+            child_args.push("--audit-log".into());
+            child_args.push(file.into());
+        }
         child_args.extend(args.policy.to_args());
         child_args.extend(args.ssh.to_args());
         return Ok(match daemon::spawn_and_wait(&child_args)? {
@@ -61,6 +65,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         control_path,
         persist,
         policy,
+        audit_log: args.audit_log.clone(),
         on_ready: Box::new(move |_| {
             if daemon_child {
                 daemon::detach(&log_file)

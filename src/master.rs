@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 
 use crate::access::decide::{self, PeerIdentity, PolicyStore};
 use crate::access::peer::Peer;
+use crate::audit::chain as audit;
+use crate::audit::recorder::Recorder;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
 use crate::prompt::{PromptMemory, Prompter};
@@ -48,6 +50,8 @@ pub struct MasterState {
     pub peer_address: std::net::SocketAddr,
     pub started: Instant,
     pub policy: PolicyStore,
+    pub audit: Recorder,
+    next_request: AtomicU64,
     pub prompter: Prompter,
     pub prompts: PromptMemory,
     pub forwards: Forwards,
@@ -102,6 +106,21 @@ impl MasterState {
         SessionGuard {
             master: Arc::clone(self),
             id,
+        }
+    }
+
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a decision that cannot be audited must be refused (the
+    /// default; `audit_failure = "allow"` in the policy says otherwise).
+    pub fn audit_failure_denies(&self) -> bool {
+        match self.policy.current() {
+            Ok(policy) => {
+                policy.settings().audit_failure != crate::access::policy::AuditFailure::Allow
+            }
+            Err(_) => true,
         }
     }
 
@@ -234,6 +253,9 @@ pub struct MasterOptions {
     pub control_path: PathBuf,
     pub persist: Persist,
     pub policy: PolicyStore,
+    /// `--audit-log`; else the system policy's `audit_log`; else the
+    /// default in the state directory.
+    pub audit_log: Option<PathBuf>,
     /// Called once the control socket is live; daemon mode detaches here.
     pub on_ready: ReadyHook,
 }
@@ -318,6 +340,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         control_path,
         persist,
         policy,
+        audit_log,
         on_ready,
     } = options;
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
@@ -326,6 +349,21 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     // Before the socket: the bus connection is part of start-up (nothing
     // may need new sockets once the sandbox is on).
     let prompter = Prompter::discover().await;
+    let audit_path = audit_log
+        .or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
+        .unwrap_or_else(crate::audit::default_path);
+    let audit = Recorder::start(
+        &audit_path,
+        audit::MasterStart {
+            destination: config.alias.clone(),
+            host: config.hostname.clone(),
+            port: config.port,
+            user: config.user.clone(),
+            host_key: upstream.host_key_fingerprint.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox: "none (not implemented yet)".to_string(),
+        },
+    );
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
 
@@ -344,6 +382,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         peer_address: upstream.peer,
         started: Instant::now(),
         policy,
+        audit,
+        next_request: AtomicU64::new(1),
         prompter,
         prompts: PromptMemory::default(),
         forwards: Forwards::default(),
@@ -367,6 +407,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let reason = serve(&master, listener, &socket, upstream.closed.clone(), persist).await;
     master.shutdown(&reason.text);
     socket.remove();
+    master.audit.stop(&reason.text);
     // Give sessions a moment to tell their clients why, then go. Forwards
     // have nobody to tell: they are not waited for.
     let mut active = master.active.subscribe();
@@ -425,12 +466,18 @@ async fn serve(
                                 ));
                             }
                             // Closed before a single byte is read or sent.
-                            Ok(false) => warn!(
-                                client = client_id,
-                                "refused control connection from {peer}: uid {} is not the master's ({my_uid}) and no policy rule lists it",
-                                peer.uid
-                            ),
-                            Err(e) => warn!(client = client_id, "refused control connection from {peer}: policy error: {e}"),
+                            Ok(false) => {
+                                let reason = format!(
+                                    "uid {} is not the master's ({my_uid}) and no policy rule lists it",
+                                    peer.uid
+                                );
+                                warn!(client = client_id, "refused control connection from {peer}: {reason}");
+                                master.audit.record(refused(&peer, reason));
+                            }
+                            Err(e) => {
+                                warn!(client = client_id, "refused control connection from {peer}: policy error: {e}");
+                                master.audit.record(refused(&peer, format!("policy error: {e}")));
+                            }
                         }
                     }
                     Err(e) => warn!(client = client_id, "refused control connection: cannot read peer credentials: {e}"),
@@ -482,6 +529,17 @@ async fn serve(
             }
         }
     }
+}
+
+fn refused(peer: &Peer, reason: String) -> audit::Event {
+    audit::Event::ClientRefused(audit::ClientRefused {
+        peer: audit::Peer {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+        },
+        reason,
+    })
 }
 
 async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

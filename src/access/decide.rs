@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::peer::Peer;
+use super::policy::DecidedBy;
 use super::policy::{self, Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
+use crate::audit::chain::{DecisionSource, RuleRef};
 use crate::config::HostConfig;
 use crate::prompt::{
     Answer, AskKey, Asked as PromptResult, PromptMemory, PromptText, PromptTimes, Prompter,
@@ -138,6 +140,39 @@ impl Outcome {
     }
 }
 
+/// An outcome with what produced it, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub source: DecisionSource,
+    pub rule: Option<RuleRef>,
+}
+
+impl Decided {
+    fn new(outcome: Outcome, source: DecisionSource, rule: Option<RuleRef>) -> Decided {
+        Decided {
+            outcome,
+            source,
+            rule,
+        }
+    }
+}
+
+/// The rule behind a policy answer, if a rule gave it.
+fn rule_of(decided_by: &DecidedBy) -> Option<RuleRef> {
+    match decided_by {
+        DecidedBy::Rule { name, file, line } | DecidedBy::ProgramUnknown { name, file, line } => {
+            Some(RuleRef {
+                name: name.clone(),
+                file: file.display().to_string(),
+                line: u32::try_from(*line).unwrap_or(u32::MAX),
+            })
+        }
+        DecidedBy::ProxyNotListed { matched } => rule_of(matched),
+        DecidedBy::Default { .. } => None,
+    }
+}
+
 /// The account behind a peer, for policy matching.
 pub struct PeerIdentity {
     pub uid: u32,
@@ -194,13 +229,14 @@ pub async fn decide(
     identity: &PeerIdentity,
     asked: &Asked<'_>,
     prompting: Prompting<'_>,
-) -> Outcome {
+) -> Decided {
     let policy = match store.current() {
         Ok(policy) => policy,
         Err(e) => {
-            return Outcome::Deny {
+            let outcome = Outcome::Deny {
                 reason: format!("policy error: {e}"),
             };
+            return Decided::new(outcome, DecisionSource::PolicyError, None);
         }
     };
     let program = peer.program().and_then(|p| p.exe.as_deref());
@@ -215,11 +251,21 @@ pub async fn decide(
     };
     let decision = policy.decide(&request);
     let reason = decision.reason();
+    let rule = rule_of(&decision.decided_by);
+    let source = if rule.is_some() {
+        DecisionSource::Rule
+    } else {
+        DecisionSource::Default
+    };
     match decision.action {
-        Action::Allow => Outcome::Allow { reason },
-        Action::Direct => Outcome::Direct { reason },
-        Action::Deny => Outcome::Deny { reason },
-        Action::Ask => ask(&policy, host, peer, identity, asked, prompting, reason).await,
+        Action::Allow => Decided::new(Outcome::Allow { reason }, source, rule),
+        Action::Direct => Decided::new(Outcome::Direct { reason }, source, rule),
+        Action::Deny => Decided::new(Outcome::Deny { reason }, source, rule),
+        Action::Ask => {
+            let (outcome, source) =
+                ask(&policy, host, peer, identity, asked, prompting, reason).await;
+            Decided::new(outcome, source, rule)
+        }
     }
 }
 
@@ -231,7 +277,7 @@ async fn ask(
     asked: &Asked<'_>,
     prompting: Prompting<'_>,
     policy_reason: String,
-) -> Outcome {
+) -> (Outcome, DecisionSource) {
     let settings = policy.settings();
     let fallback = |fallback: Fallback, why: String| {
         let reason = format!("{policy_reason}; {why}, so {}", fallback.name());
@@ -245,10 +291,8 @@ async fn ask(
     if lock.is_locked() {
         // Whatever was allowed "for a while" ends with the lock.
         prompting.memory.forget();
-        return fallback(
-            settings.when_locked,
-            format!("the desktop is locked ({})", lock.describe()),
-        );
+        let why = format!("the desktop is locked ({})", lock.describe());
+        return (fallback(settings.when_locked, why), DecisionSource::Locked);
     }
     let program_path = peer
         .program()
@@ -279,16 +323,24 @@ async fn ask(
             },
         )
         .await;
+    let deny = |why: String| Outcome::Deny {
+        reason: format!("{policy_reason}; {why}"),
+    };
     match result {
-        PromptResult::Remembered { until_secs } => Outcome::Allow {
-            reason: format!("{policy_reason}; remembered answer ({until_secs}s left)"),
-        },
-        PromptResult::CoolingDown => Outcome::Deny {
-            reason: format!("{policy_reason}; cool-down after a refused prompt from this program"),
-        },
-        PromptResult::Busy => Outcome::Deny {
-            reason: format!("{policy_reason}; another prompt from this program is open"),
-        },
+        PromptResult::Remembered { until_secs } => (
+            Outcome::Allow {
+                reason: format!("{policy_reason}; remembered answer ({until_secs}s left)"),
+            },
+            DecisionSource::Remembered,
+        ),
+        PromptResult::CoolingDown => (
+            deny("cool-down after a refused prompt from this program".into()),
+            DecisionSource::Prompt,
+        ),
+        PromptResult::Busy => (
+            deny("another prompt from this program is open".into()),
+            DecisionSource::Prompt,
+        ),
         PromptResult::Prompted { answer, shared } => {
             let how = format!(
                 "{}{}",
@@ -296,13 +348,18 @@ async fn ask(
                 if shared { " (shared prompt)" } else { "" }
             );
             match answer {
-                answer if answer.allows() => Outcome::Allow {
-                    reason: format!("{policy_reason}; {how}"),
-                },
-                Answer::Unavailable(_) => fallback(settings.no_prompter, how),
-                _ => Outcome::Deny {
-                    reason: format!("{policy_reason}; {how}"),
-                },
+                answer if answer.allows() => (
+                    Outcome::Allow {
+                        reason: format!("{policy_reason}; {how}"),
+                    },
+                    DecisionSource::Prompt,
+                ),
+                Answer::Unavailable(_) => (
+                    fallback(settings.no_prompter, how),
+                    DecisionSource::NoPrompter,
+                ),
+                Answer::TimedOut => (deny(how), DecisionSource::Timeout),
+                _ => (deny(how), DecisionSource::Prompt),
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod log;
+pub mod recorder;
 
 use std::process::ExitCode;
 

@@ -15,10 +15,11 @@ use super::wire::{self, ClientMessage, ServerMessage};
 use crate::access::decide::{self, Asked, Outcome, PeerIdentity, Prompting};
 use crate::access::peer::Peer;
 use crate::access::policy::RequestKind;
+use crate::audit::chain as audit;
 use crate::master::MasterState;
 use crate::spill::SpillBuffer;
 use crate::upstream::forward::{self, OpenResult};
-use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart};
+use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart, Traffic};
 
 /// Serves one accepted control connection until it ends.
 pub async fn serve_connection(
@@ -29,6 +30,32 @@ pub async fn serve_connection(
     client_id: u64,
 ) {
     let peer_pid = peer.pid;
+    master
+        .audit
+        .record(audit::Event::ClientConnect(audit::ClientConnect {
+            client: client_id,
+            peer: audit::Peer {
+                uid: peer.uid,
+                gid: peer.gid,
+                pid: peer.pid,
+            },
+            chain: peer
+                .chain
+                .iter()
+                .map(|p| audit::ProcessEntry {
+                    pid: p.pid,
+                    name: p.name(),
+                    exe: p.exe.as_ref().map(|e| e.display().to_string()),
+                    cmdline: Some(p.cmdline.clone()),
+                })
+                .collect(),
+            cwd: peer
+                .chain
+                .first()
+                .and_then(|p| p.cwd.as_ref())
+                .map(|c| c.display().to_string()),
+            tty: peer.chain.first().and_then(|p| p.tty.clone()),
+        }));
     let requester = Requester {
         peer,
         identity,
@@ -74,14 +101,23 @@ struct Requester {
 }
 
 impl Requester {
-    /// The policy's answer for one request, logged with what decided it.
+    /// The policy's answer for one request, logged with what decided it,
+    /// and audited: the decision is on disk before anything it allows
+    /// happens, or the request is refused (unless `audit_failure = allow`).
     async fn decide(
         &self,
         master: &MasterState,
         kind: RequestKind,
         command: Option<&str>,
-    ) -> Outcome {
-        let outcome = decide::decide(
+        audited: audit::RequestKind,
+    ) -> (Outcome, u64) {
+        let request = master.next_request_id();
+        master.audit.record(audit::Event::Request(audit::Request {
+            client: self.client_id,
+            request,
+            kind: audited,
+        }));
+        let decided = decide::decide(
             &master.policy,
             &master.config,
             &self.peer,
@@ -93,6 +129,28 @@ impl Requester {
             },
         )
         .await;
+        let mut outcome = decided.outcome;
+        let action = match &outcome {
+            Outcome::Allow { .. } => audit::Action::Allow,
+            Outcome::Direct { .. } => audit::Action::Direct,
+            Outcome::Deny { .. } => audit::Action::Deny,
+        };
+        let record = audit::Event::Decision(audit::Decision {
+            client: self.client_id,
+            request,
+            action,
+            source: decided.source,
+            decided_by: outcome.reason().to_string(),
+            rule: decided.rule,
+        });
+        if let Err(e) = master.audit.record_durable(record).await
+            && !matches!(outcome, Outcome::Deny { .. })
+            && master.audit_failure_denies()
+        {
+            outcome = Outcome::Deny {
+                reason: format!("{e}; the policy fails closed (audit_failure = deny)"),
+            };
+        }
         let what = match command {
             Some(command) => format!("{kind} {command:?}"),
             None => kind.to_string(),
@@ -117,7 +175,41 @@ impl Requester {
                 )
             }
         }
-        outcome
+        (outcome, request)
+    }
+}
+
+/// What a session request is, for the audit log (env names only).
+fn audited_session(request: &wire::SessionRequest) -> audit::RequestKind {
+    let env = request
+        .env
+        .iter()
+        .map(|e| audit::EnvName::from_var(e))
+        .collect();
+    let tty = request.want_tty;
+    if request.subsystem {
+        audit::RequestKind::Subsystem {
+            subsystem: request.command.clone(),
+            tty,
+            env,
+        }
+    } else if request.command.is_empty() {
+        audit::RequestKind::Shell { tty, env }
+    } else {
+        audit::RequestKind::Exec {
+            command: request.command.clone(),
+            tty,
+            env,
+        }
+    }
+}
+
+fn audited_forward(spec: &wire::ForwardSpec) -> audit::RequestKind {
+    let forward = forward::describe_spec(spec);
+    match spec.kind {
+        wire::ForwardKind::Local => audit::RequestKind::ForwardLocal { forward },
+        wire::ForwardKind::Remote => audit::RequestKind::ForwardRemote { forward },
+        wire::ForwardKind::Dynamic => audit::RequestKind::ForwardDynamic { forward },
     }
 }
 
@@ -213,7 +305,10 @@ async fn serve(
                     RequestKind::Exec
                 };
                 let asked = (!request.command.is_empty()).then_some(request.command.as_str());
-                match requester.decide(master, kind, asked).await {
+                let (outcome, request_id) = requester
+                    .decide(master, kind, asked, audited_session(&request))
+                    .await;
+                match outcome {
                     Outcome::Allow { .. } => {}
                     Outcome::Direct { .. } => {
                         // The stock client answers this by connecting on
@@ -239,6 +334,15 @@ async fn serve(
                     "new session: {command}"
                 );
                 let _guard = master.register_session(session_id, command);
+                master
+                    .audit
+                    .record(audit::Event::SessionOpen(audit::SessionOpen {
+                        client: client_id,
+                        request: request_id,
+                        session: u64::from(session_id),
+                    }));
+                let started = std::time::Instant::now();
+                let traffic = Arc::new(Traffic::default());
                 let outcome = session::run(SessionStart {
                     rid,
                     session_id,
@@ -247,8 +351,30 @@ async fn serve(
                     control: writer.clone(),
                     reader,
                     master: Arc::clone(master),
+                    traffic: Arc::clone(&traffic),
                 })
                 .await;
+                let exit = match &outcome {
+                    Ok(SessionEnd::Finished {
+                        exit_status: Some(status),
+                        ..
+                    }) => Some(audit::Exit::ExitStatus(*status)),
+                    Ok(SessionEnd::Finished {
+                        exit_signal: Some(signal),
+                        ..
+                    }) => Some(audit::Exit::ExitSignal(signal.clone())),
+                    _ => None,
+                };
+                master
+                    .audit
+                    .record(audit::Event::SessionClose(audit::SessionClose {
+                        session: u64::from(session_id),
+                        duration_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        bytes_in: traffic.to_client.load(std::sync::atomic::Ordering::Relaxed),
+                        bytes_out: traffic.to_server.load(std::sync::atomic::Ordering::Relaxed),
+                        exit,
+                    }));
                 match outcome {
                     Ok(end) => {
                         log_end(client_id, session_id, &end);
@@ -272,8 +398,17 @@ async fn serve(
             }
             ClientMessage::Terminate { rid } => {
                 let outcome = requester
-                    .decide(master, RequestKind::Control, Some("exit"))
-                    .await;
+                    .decide(
+                        master,
+                        RequestKind::Control,
+                        Some("exit"),
+                        audit::RequestKind::Control {
+                            operation: audit::ControlOperation::Terminate,
+                            forward: None,
+                        },
+                    )
+                    .await
+                    .0;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -286,8 +421,17 @@ async fn serve(
             }
             ClientMessage::StopListening { rid } => {
                 let outcome = requester
-                    .decide(master, RequestKind::Control, Some("stop"))
-                    .await;
+                    .decide(
+                        master,
+                        RequestKind::Control,
+                        Some("stop"),
+                        audit::RequestKind::Control {
+                            operation: audit::ControlOperation::StopListening,
+                            forward: None,
+                        },
+                    )
+                    .await
+                    .0;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -314,8 +458,16 @@ async fn serve(
                 };
                 let target = request.target.to_string();
                 let outcome = requester
-                    .decide(master, RequestKind::StdioForward, Some(&target))
-                    .await;
+                    .decide(
+                        master,
+                        RequestKind::StdioForward,
+                        Some(&target),
+                        audit::RequestKind::StdioForward {
+                            forward: target.clone(),
+                        },
+                    )
+                    .await
+                    .0;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     // No fallback exists for -W: the client stops here.
                     writer.send(&refusal(rid, &outcome)).await?;
@@ -378,8 +530,14 @@ async fn serve(
             ClientMessage::OpenForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
                 let outcome = requester
-                    .decide(master, forward_kind(&spec), Some(&description))
-                    .await;
+                    .decide(
+                        master,
+                        forward_kind(&spec),
+                        Some(&description),
+                        audited_forward(&spec),
+                    )
+                    .await
+                    .0;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -399,8 +557,14 @@ async fn serve(
             ClientMessage::CloseForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
                 let outcome = requester
-                    .decide(master, forward_kind(&spec), Some(&description))
-                    .await;
+                    .decide(
+                        master,
+                        forward_kind(&spec),
+                        Some(&description),
+                        audited_forward(&spec),
+                    )
+                    .await
+                    .0;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -422,7 +586,10 @@ async fn serve(
                 // every per-request decision this master makes. So it is a
                 // decision of its own that only a rule naming the kind
                 // "proxy" can allow.
-                let outcome = requester.decide(master, RequestKind::Proxy, None).await;
+                let outcome = requester
+                    .decide(master, RequestKind::Proxy, None, audit::RequestKind::Proxy)
+                    .await
+                    .0;
                 let reply = match outcome {
                     Outcome::Allow { .. } => ServerMessage::Failure {
                         rid,
@@ -523,7 +690,7 @@ fn describe_request(request: &wire::SessionRequest) -> String {
 
 fn log_end(client_id: u64, session_id: u32, end: &SessionEnd) {
     match end {
-        SessionEnd::Finished { exit_status } => {
+        SessionEnd::Finished { exit_status, .. } => {
             info!(
                 client = client_id,
                 session = session_id,

@@ -9,6 +9,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,11 +29,24 @@ use crate::upstream::ttymodes;
 /// Input is read in chunks of at most one SSH packet's worth.
 const READ_CHUNK: usize = 32 * 1024;
 
+/// Bytes each way, for the audit log.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// From the server to the client (output).
+    pub to_client: AtomicU64,
+    /// From the client to the server (input).
+    pub to_server: AtomicU64,
+}
+
 /// How a session ended, for logs.
 #[derive(Debug)]
 pub enum SessionEnd {
     /// The server closed the channel; output was delivered.
-    Finished { exit_status: Option<u32> },
+    Finished {
+        exit_status: Option<u32>,
+        /// The signal's name when the remote command was killed.
+        exit_signal: Option<String>,
+    },
     /// The client went away (killed, or closed its socket).
     ClientGone,
     /// `~.` typed by the user.
@@ -51,6 +65,7 @@ pub struct SessionStart<'a> {
     pub control: ControlWriter,
     pub reader: &'a mut ControlReader,
     pub master: Arc<MasterState>,
+    pub traffic: Arc<Traffic>,
 }
 
 /// Which channel request a CHANNEL_SUCCESS/FAILURE answers (they come back
@@ -72,6 +87,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         control,
         reader,
         master,
+        traffic,
     } = start;
     let mut fds = fds.into_iter();
     let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next()) else {
@@ -161,18 +177,34 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     } else {
         None
     };
-    let input = spawn_input(stdin, escape, Arc::clone(&upstream_tx), escape_tx);
+    let input = spawn_input(
+        stdin,
+        escape,
+        Arc::clone(&upstream_tx),
+        escape_tx,
+        Arc::clone(&traffic),
+    );
 
     let mut winch = master.winch.subscribe();
     let mut shutdown = master.shutdown.subscribe();
     let mut exit_status = None;
+    let mut exit_signal = None;
     let mut exit_sent = false;
 
     let end = loop {
         tokio::select! {
             message = upstream_rx.wait() => match message {
-                Some(ChannelMsg::Data { data }) => stdout_queue.push_wait(data).await,
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => stderr_queue.push_wait(data).await,
+                Some(ChannelMsg::Data { data }) => {
+                    traffic.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    stdout_queue.push_wait(data).await
+                }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    traffic.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    stderr_queue.push_wait(data).await
+                }
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit_signal = Some(format!("{signal_name:?}"));
+                }
                 Some(ChannelMsg::Eof) => {
                     // Nothing more for stdout; close it once it is drained
                     // (below), as the remote side is done writing.
@@ -201,7 +233,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                     None => {}
                 },
                 Some(ChannelMsg::Close) => {
-                    break SessionEnd::Finished { exit_status };
+                    break SessionEnd::Finished { exit_status, exit_signal };
                 }
                 None => {
                     // The channel vanished without a CLOSE: the connection
@@ -381,6 +413,7 @@ fn spawn_input(
     mut escape: Option<EscapeFilter>,
     upstream: Arc<russh::ChannelWriteHalf<Msg>>,
     actions: mpsc::UnboundedSender<EscapeAction>,
+    traffic: Arc<Traffic>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut source) = InputSource::new(stdin) else {
@@ -395,6 +428,9 @@ fn spawn_input(
                     return;
                 }
             };
+            traffic
+                .to_server
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let Some(filter) = escape.as_mut() else {
                 if upstream.data_bytes(chunk).await.is_err() {
                     return;

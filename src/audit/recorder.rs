@@ -1,0 +1,79 @@
+//! The master's side of the audit log: one stream per master, records
+//! written as things happen, and decisions written durably before the
+//! session they allow starts.
+//!
+//! Fail closed: when a decision cannot be recorded (disk full, log
+//! unwritable, log never opened), the request is denied with that reason,
+//! unless the policy says `audit_failure = "allow"`. Other records are best
+//! effort and a failure is logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::chain::{Event, MasterStart};
+use super::log::AuditLog;
+
+/// The audit stream of one master.
+pub struct Recorder {
+    path: PathBuf,
+    /// `Err` keeps why the log could not be opened, for every refusal.
+    log: Arc<Mutex<Result<AuditLog, String>>>,
+}
+
+impl Recorder {
+    /// Opens the log and writes this master's start record.
+    pub fn start(path: &Path, start: MasterStart) -> Recorder {
+        let log = AuditLog::start(path, start)
+            .map_err(|e| format!("cannot write audit log {}: {e}", path.display()));
+        if let Err(e) = &log {
+            tracing::error!("{e}; requests that need a decision will be refused");
+        }
+        Recorder {
+            path: path.to_path_buf(),
+            log: Arc::new(Mutex::new(log)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Best-effort record.
+    pub fn record(&self, event: Event) {
+        let mut log = self.log.lock().expect("not poisoned");
+        if let Ok(log) = log.as_mut()
+            && let Err(e) = log.append(&event)
+        {
+            tracing::error!("audit record {} not written: {e}", event.name());
+        }
+    }
+
+    /// A record that must be on disk before we go on (decisions). Runs the
+    /// write and fsync off the event loop.
+    pub async fn record_durable(&self, event: Event) -> Result<(), String> {
+        let log = Arc::clone(&self.log);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().expect("not poisoned");
+            match log.as_mut() {
+                Ok(log) => log
+                    .append_durable(&event)
+                    .map_err(|e| format!("cannot write audit log {}: {e}", path.display())),
+                Err(e) => Err(e.clone()),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("audit writer failed: {e}")))
+    }
+
+    /// Writes the stop record; the stream ends here.
+    pub fn stop(&self, reason: &str) {
+        let mut guard = self.log.lock().expect("not poisoned");
+        let taken = std::mem::replace(&mut *guard, Err("the master has stopped".into()));
+        if let Ok(log) = taken
+            && let Err(e) = log.stop(reason)
+        {
+            tracing::error!("audit stop record not written: {e}");
+        }
+    }
+}
