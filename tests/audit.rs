@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HOST, Master, MasterKind, TestEnv, run};
+use common::{Master, MasterKind, TestEnv, run};
 
 fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
