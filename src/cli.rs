@@ -35,9 +35,8 @@ pub enum Command {
     /// Check a policy file, or explain the decision for a request
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Work with the audit log
-    #[command(subcommand)]
-    Audit(AuditCommand),
+    /// Show the audit log as a table (or check it: `audit verify`)
+    Audit(AuditArgs),
     /// Show what a running master holds: its connection, sessions with
     /// their buffers, forwards, and remembered prompt answers
     Status(StatusArgs),
@@ -50,6 +49,34 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// The log file (default: $XDG_STATE_HOME/muxguard/audit.jsonl)
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only this host (ssh pattern, matched against the destination)
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only requests since then: an age (2h, 30m) or a UTC time
+    #[arg(long, value_name = "AGE|TIME")]
+    pub since: Option<String>,
+    /// Only this kind (shell exec subsystem forward-local … control)
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only this decision (allow, direct, deny)
+    #[arg(long, value_name = "ACTION")]
+    pub decision: Option<String>,
+    /// Keep showing new requests as they are written
+    #[arg(long)]
+    pub follow: bool,
+    /// Print the matching raw records (JSON Lines) instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -35,6 +35,9 @@ use crate::spill::{SpillBuffer, SpillLimits};
 use crate::upstream::connect::{self, ClientHandler};
 use crate::upstream::forward::{Forwards, RemoteRoutes};
 
+/// How often the lock state is looked at while answers are remembered.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// State shared by every control connection of one master.
 pub struct MasterState {
     pub config: HostConfig,
@@ -445,6 +448,10 @@ async fn serve(
     let next_client = AtomicU64::new(1);
     let mut had_client = false;
     let mut idle_since = Some(Instant::now());
+    // Remembered prompt answers end when the desktop locks; the lock is
+    // not a signal we are sent, so look now and then (cheap bus calls).
+    let mut lock_check = tokio::time::interval(LOCK_CHECK_INTERVAL);
+    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let idle_deadline = match (persist, idle_since) {
@@ -526,6 +533,12 @@ async fn serve(
             Some(()) = recv_signal(&mut sighup) => return StopReason::requested("hung up (SIGHUP)"),
             Some(()) = recv_signal(&mut sigwinch) => {
                 master.winch.send_modify(|n| *n += 1);
+            }
+            _ = lock_check.tick() => {
+                if !master.prompts.remembered().is_empty() && master.prompter.lock_state().await.is_locked() {
+                    let dropped = master.prompts.forget();
+                    info!("the desktop locked: forgot {dropped} remembered answer(s)");
+                }
             }
         }
     }

@@ -4,10 +4,11 @@
 pub mod chain;
 pub mod log;
 pub mod recorder;
+pub mod table;
 
 use std::process::ExitCode;
 
-use crate::cli::AuditCommand;
+use crate::cli::{AuditArgs, AuditCommand};
 
 /// The default log location.
 pub fn default_path() -> std::path::PathBuf {
@@ -15,9 +16,26 @@ pub fn default_path() -> std::path::PathBuf {
 }
 
 /// `muxguard audit …`.
-pub fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        AuditCommand::Verify { file } => {
+pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        None => {
+            let path = args.file.unwrap_or_else(default_path);
+            let since = args
+                .since
+                .as_deref()
+                .map(|s| table::parse_since(s, std::time::SystemTime::now()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let filter = table::Filter {
+                host: args.host,
+                since,
+                kind: args.kind,
+                decision: args.decision,
+            };
+            table::show(&path, &filter, args.json, args.follow)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(default_path);
             let bytes = log::read_log(&path)?;
             let report = chain::verify_bytes(&bytes);

@@ -529,24 +529,32 @@ async fn serve(
             }
             ClientMessage::OpenForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
-                let outcome = requester
+                let (outcome, request_id) = requester
                     .decide(
                         master,
                         forward_kind(&spec),
                         Some(&description),
                         audited_forward(&spec),
                     )
-                    .await
-                    .0;
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
                 }
-                let reply = match master
+                let opened = master
                     .forwards
                     .open(spec, &master.upstream, &master.remote_routes)
-                    .await
-                {
+                    .await;
+                if !matches!(opened, OpenResult::Failed(_)) {
+                    master
+                        .audit
+                        .record(audit::Event::ForwardOpen(audit::ForwardOpen {
+                            client: client_id,
+                            request: request_id,
+                            spec: description.clone(),
+                        }));
+                }
+                let reply = match opened {
                     OpenResult::Opened => ServerMessage::Ok { rid },
                     OpenResult::RemotePort(port) => ServerMessage::RemotePort { rid, port },
                     OpenResult::Failed(reason) => ServerMessage::Failure { rid, reason },
@@ -561,7 +569,10 @@ async fn serve(
                         master,
                         forward_kind(&spec),
                         Some(&description),
-                        audited_forward(&spec),
+                        audit::RequestKind::Control {
+                            operation: audit::ControlOperation::CancelForward,
+                            forward: Some(description.clone()),
+                        },
                     )
                     .await
                     .0;
@@ -574,7 +585,15 @@ async fn serve(
                     .close(&spec, &master.upstream, &master.remote_routes)
                     .await
                 {
-                    Ok(()) => ServerMessage::Ok { rid },
+                    Ok(()) => {
+                        master
+                            .audit
+                            .record(audit::Event::ForwardClose(audit::ForwardClose {
+                                spec: description.clone(),
+                                reason: "cancelled (-O cancel)".into(),
+                            }));
+                        ServerMessage::Ok { rid }
+                    }
                     Err(reason) => ServerMessage::Failure { rid, reason },
                 };
                 master.recount_active();

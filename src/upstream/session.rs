@@ -260,7 +260,14 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                     stderr_queue.push(Bytes::from(echo));
                 }
                 match action {
-                    EscapeAction::Terminate => break SessionEnd::EscapeTerminated,
+                    EscapeAction::Terminate => {
+                        let sequence = format!("{}.", char::from(request.escape_char as u8));
+                        master.audit.record(crate::audit::chain::Event::Escape(crate::audit::chain::Escape {
+                            session: u64::from(session_id),
+                            sequence,
+                        }));
+                        break SessionEnd::EscapeTerminated;
+                    }
                     EscapeAction::Rekey => {
                         let _ = master.upstream.rekey_soon().await;
                     }
