@@ -37,6 +37,8 @@ pub struct AuditLog {
     file: OwnedFd,
     path: PathBuf,
     chain: Chain,
+    /// The last record written (without its newline), for copies elsewhere.
+    last_line: Vec<u8>,
 }
 
 impl AuditLog {
@@ -56,6 +58,7 @@ impl AuditLog {
             file,
             path: path.to_owned(),
             chain: Chain::new(stream),
+            last_line: Vec::new(),
         };
         log.write_record(&Event::MasterStart(start), Durability::Synced, write_once)?;
         Ok(log)
@@ -93,6 +96,11 @@ impl AuditLog {
     }
 
     /// This master's stream id.
+    /// The last record written, as its exact line (no newline).
+    pub fn last_line(&self) -> &[u8] {
+        &self.last_line
+    }
+
     pub fn stream(&self) -> StreamId {
         self.chain.stream()
     }
@@ -153,6 +161,11 @@ impl AuditLog {
                     ),
                 ));
             }
+            self.last_line = pending
+                .bytes()
+                .strip_suffix(b"\n")
+                .unwrap_or(pending.bytes())
+                .to_vec();
             pending.commit();
         }
         // Synced outside the lock so other masters are not held up by our

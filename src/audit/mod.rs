@@ -2,6 +2,7 @@
 //! model and verification in `chain`), and the file writer in `log`.
 
 pub mod chain;
+pub mod journal;
 pub mod log;
 pub mod recorder;
 pub mod table;

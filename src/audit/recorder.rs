@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::chain::{Event, MasterStart};
+use super::journal::Journal;
 use super::log::AuditLog;
 
 /// The audit stream of one master.
 pub struct Recorder {
     path: PathBuf,
+    /// A copy of each record for the systemd journal, when one runs.
+    journal: Option<Arc<Journal>>,
     /// `Err` keeps why the log could not be opened, for every refusal.
     log: Arc<Mutex<Result<AuditLog, String>>>,
 }
@@ -28,8 +31,13 @@ impl Recorder {
         if let Err(e) = &log {
             tracing::error!("{e}; requests that need a decision will be refused");
         }
+        let journal = Journal::connect().map(Arc::new);
+        if let (Some(journal), Ok(log)) = (&journal, &log) {
+            journal.send(&String::from_utf8_lossy(log.last_line()));
+        }
         Recorder {
             path: path.to_path_buf(),
+            journal,
             log: Arc::new(Mutex::new(log)),
         }
     }
@@ -41,10 +49,11 @@ impl Recorder {
     /// Best-effort record.
     pub fn record(&self, event: Event) {
         let mut log = self.log.lock().expect("not poisoned");
-        if let Ok(log) = log.as_mut()
-            && let Err(e) = log.append(&event)
-        {
-            tracing::error!("audit record {} not written: {e}", event.name());
+        if let Ok(log) = log.as_mut() {
+            match log.append(&event) {
+                Ok(()) => self.copy_to_journal(log),
+                Err(e) => tracing::error!("audit record {} not written: {e}", event.name()),
+            }
         }
     }
 
@@ -53,17 +62,32 @@ impl Recorder {
     pub async fn record_durable(&self, event: Event) -> Result<(), String> {
         let log = Arc::clone(&self.log);
         let path = self.path.clone();
+        let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || {
             let mut log = log.lock().expect("not poisoned");
             match log.as_mut() {
-                Ok(log) => log
-                    .append_durable(&event)
-                    .map_err(|e| format!("cannot write audit log {}: {e}", path.display())),
+                Ok(log) => {
+                    let written = log
+                        .append_durable(&event)
+                        .map_err(|e| format!("cannot write audit log {}: {e}", path.display()));
+                    if written.is_ok()
+                        && let Some(journal) = &journal
+                    {
+                        journal.send(&String::from_utf8_lossy(log.last_line()));
+                    }
+                    written
+                }
                 Err(e) => Err(e.clone()),
             }
         })
         .await
         .unwrap_or_else(|e| Err(format!("audit writer failed: {e}")))
+    }
+
+    fn copy_to_journal(&self, log: &AuditLog) {
+        if let Some(journal) = &self.journal {
+            journal.send(&String::from_utf8_lossy(log.last_line()));
+        }
     }
 
     /// Writes the stop record; the stream ends here.
