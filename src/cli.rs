@@ -42,6 +42,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Drop a running master's remembered prompt answers
     Forget(StatusArgs),
+    /// List every live master of this user with its sessions and forwards
+    Ls,
     /// Show a sample confirmation prompt, to check the desktop set-up, and
     /// print what answered
     PromptTest {

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Audit(command) => muxguard::audit::run(command),
         Command::Status(args) => muxguard::status::run(args, "muxguard-status"),
         Command::Forget(args) => muxguard::status::run(args, "muxguard-forget"),
+        Command::Ls => muxguard::status::list(),
         Command::PromptTest { timeout } => muxguard::prompt::prompt_test(timeout),
     };
     match result {

@@ -398,6 +398,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     });
 
     on_ready(&control_path)?;
+    let _registration = crate::status::Registration::register(&control_path, &master.config.alias);
     info!(
         "connected to {}@{} ({}), host key {}; listening on {}",
         master.config.user,

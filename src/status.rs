@@ -71,3 +71,74 @@ fn read_packet(stream: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
     stream.read_exact(&mut body)?;
     Ok(body)
 }
+
+/// Where each running master notes its control socket, for `muxguard ls`.
+fn registry_dir() -> std::path::PathBuf {
+    crate::paths::runtime_dir().join("masters")
+}
+
+/// Notes this master in the registry; the entry goes when the guard drops.
+pub struct Registration {
+    file: std::path::PathBuf,
+}
+
+impl Registration {
+    pub fn register(control_path: &Path, destination: &str) -> Option<Registration> {
+        let dir = registry_dir();
+        crate::paths::ensure_private_dir(&dir).ok()?;
+        let file = dir.join(std::process::id().to_string());
+        std::fs::write(
+            &file,
+            format!("{}\n{destination}\n", control_path.display()),
+        )
+        .ok()?;
+        Some(Registration { file })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// `muxguard ls`: every live master of this user, with its status.
+pub fn list() -> anyhow::Result<ExitCode> {
+    let mut found = 0;
+    let entries = match std::fs::read_dir(registry_dir()) {
+        Ok(entries) => entries.flatten().collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    for entry in entries {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let (Some(path), Some(destination)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        match crate::paths::probe(Path::new(path), Duration::from_secs(2)) {
+            crate::paths::Existing::Live { pid: live } if live.to_string() == pid => {
+                found += 1;
+                println!("{destination} (pid {pid}, {path})");
+                match ask_master(Path::new(path), "muxguard-status") {
+                    Ok(status) => {
+                        for line in status.lines().skip(1) {
+                            println!("  {line}");
+                        }
+                    }
+                    Err(e) => println!("  status unavailable: {e}"),
+                }
+            }
+            // The master is gone (or its socket was replaced): drop the entry.
+            _ => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    if found == 0 {
+        println!("no muxguard master is running");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -47,6 +47,15 @@ fn status_lists_the_connection_and_live_sessions() {
         "{status:#?}"
     );
 
+    let ls = run(env.command(env!("CARGO_BIN_EXE_muxguard")).arg("ls"));
+    ls.assert_success("muxguard ls");
+    assert!(
+        ls.stdout
+            .contains(&format!("{HOST} (pid {},", master.pid())),
+        "ls does not list the master: {ls:#?}"
+    );
+    assert!(ls.stdout.contains("sleep 30"), "{ls:#?}");
+
     let forget = run(env
         .command(env!("CARGO_BIN_EXE_muxguard"))
         .args(["forget", "--control-path"])
