@@ -52,6 +52,7 @@ pub struct MasterState {
     pub host_key_fingerprint: String,
     pub peer_address: std::net::SocketAddr,
     pub started: Instant,
+    pub hardening: crate::sandbox::Report,
     pub policy: PolicyStore,
     pub audit: Recorder,
     next_request: AtomicU64,
@@ -130,9 +131,10 @@ impl MasterState {
     /// `-O conninfo`: the connection this master holds.
     pub fn describe_connection(&self) -> String {
         format!(
-            "muxguard master pid {} (up {}s)\nconnected to {}@{} port {} ({}), host key {}\n",
+            "muxguard master pid {} (up {}s)\nhardening: {}\nconnected to {}@{} port {} ({}), host key {}\n",
             std::process::id(),
             self.started.elapsed().as_secs(),
+            self.hardening,
             self.config.user,
             self.config.hostname,
             self.config.port,
@@ -352,6 +354,11 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     // Before the socket: the bus connection is part of start-up (nothing
     // may need new sockets once the sandbox is on).
     let prompter = Prompter::discover().await;
+    let socket = ControlSocket::bind(&control_path)?;
+    let listener = socket.listener()?;
+    // Start-up is done: harden while there is still one thread.
+    let hardening = crate::sandbox::harden();
+    info!("hardening: {hardening}");
     let audit_path = audit_log
         .or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
         .unwrap_or_else(crate::audit::default_path);
@@ -364,11 +371,9 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
             user: config.user.clone(),
             host_key: upstream.host_key_fingerprint.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            sandbox: "none (not implemented yet)".to_string(),
+            sandbox: hardening.to_string(),
         },
     );
-    let socket = ControlSocket::bind(&control_path)?;
-    let listener = socket.listener()?;
 
     let (shutdown, _) = watch::channel(None);
     let (listening, _) = watch::channel(true);
@@ -384,6 +389,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         host_key_fingerprint: upstream.host_key_fingerprint.clone(),
         peer_address: upstream.peer,
         started: Instant::now(),
+        hardening: hardening.clone(),
         policy,
         audit,
         next_request: AtomicU64::new(1),
