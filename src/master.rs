@@ -456,9 +456,25 @@ async fn serve(
     let mut had_client = false;
     let mut idle_since = Some(Instant::now());
     // Remembered prompt answers end when the desktop locks; the lock is
-    // not a signal we are sent, so look now and then (cheap bus calls).
-    let mut lock_check = tokio::time::interval(LOCK_CHECK_INTERVAL);
-    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // not a signal we are sent, so look now and then, in a task of its own
+    // so that a slow bus never holds up the accept loop.
+    let lock_watch = {
+        let master = Arc::clone(master);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LOCK_CHECK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !master.prompts.remembered().is_empty()
+                    && master.prompter.lock_state().await.is_locked()
+                {
+                    let dropped = master.prompts.forget();
+                    info!("the desktop locked: forgot {dropped} remembered answer(s)");
+                }
+            }
+        })
+    };
+    let _stop_lock_watch = crate::upstream::forward::AbortOnDrop(lock_watch.abort_handle());
 
     loop {
         let idle_deadline = match (persist, idle_since) {
@@ -540,12 +556,6 @@ async fn serve(
             Some(()) = recv_signal(&mut sighup) => return StopReason::requested("hung up (SIGHUP)"),
             Some(()) = recv_signal(&mut sigwinch) => {
                 master.winch.send_modify(|n| *n += 1);
-            }
-            _ = lock_check.tick() => {
-                if !master.prompts.remembered().is_empty() && master.prompter.lock_state().await.is_locked() {
-                    let dropped = master.prompts.forget();
-                    info!("the desktop locked: forgot {dropped} remembered answer(s)");
-                }
             }
         }
     }

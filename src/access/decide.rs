@@ -384,10 +384,18 @@ fn prompt_text(
         other => format!("Allow {other} through {target}?"),
     };
     let mut body = String::new();
+    // Everything from the requester is kept to one line each.
     if let Some(command) = asked.command {
-        body.push_str(&format!("{}: {command}\n", asked.kind));
+        body.push_str(&format!(
+            "{}: {}\n",
+            asked.kind,
+            crate::prompt::one_line(command)
+        ));
     }
-    body.push_str(&format!("requested by {}", peer.describe_chain()));
+    body.push_str(&format!(
+        "requested by {}",
+        crate::prompt::one_line(&peer.describe_chain())
+    ));
     if host.alias != host.hostname {
         body.push_str(&format!("\n({} is {})", host.alias, host.hostname));
     }

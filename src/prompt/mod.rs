@@ -21,6 +21,26 @@ use askpass::Askpass;
 use lock::LockState;
 use notify::NotificationPrompter;
 
+/// How long a lock-state query may take before it counts as unknown.
+const LOCK_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Makes text from a requester safe to show on one line: control
+/// characters (newlines above all, which could forge a "requested by" line
+/// or push the real one out of view) are shown escaped.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// What a prompt shows.
 #[derive(Debug, Clone)]
 pub struct PromptText {
@@ -111,14 +131,18 @@ impl Prompter {
         Answer::Unavailable(format!("{why}; and no SSH_ASKPASS with a display"))
     }
 
+    /// The lock state, or unknown if the bus does not answer quickly: a
+    /// hung screensaver must not hold up a decision.
     pub async fn lock_state(&self) -> LockState {
-        lock::query(
+        let query = lock::query(
             self.notifications
                 .as_ref()
                 .map(NotificationPrompter::connection),
             self.system_bus.as_ref(),
-        )
-        .await
+        );
+        tokio::time::timeout(LOCK_QUERY_TIMEOUT, query)
+            .await
+            .unwrap_or(LockState::Unknown)
     }
 }
 
@@ -368,6 +392,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn requester_text_stays_on_one_line() {
+        assert_eq!(
+            one_line("true\nrequested by git"),
+            "true\\nrequested by git"
+        );
+        assert_eq!(one_line("a\u{1b}[2Jb\tc"), "a\\u{1b}[2Jb\\tc");
+        assert_eq!(one_line("plain é"), "plain é");
     }
 
     #[test]

@@ -596,7 +596,8 @@ impl Forwards {
     }
 }
 
-struct AbortOnDrop(AbortHandle);
+/// Aborts a task when dropped.
+pub struct AbortOnDrop(pub AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
