@@ -54,7 +54,7 @@ pub struct MasterState {
     pub started: Instant,
     pub hardening: crate::sandbox::Report,
     pub policy: PolicyStore,
-    pub audit: Recorder,
+    pub audit: Arc<Recorder>,
     next_request: AtomicU64,
     pub prompter: Prompter,
     pub prompts: PromptMemory,
@@ -362,7 +362,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let audit_path = audit_log
         .or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
         .unwrap_or_else(crate::audit::default_path);
-    let audit = Recorder::start(
+    let audit = Arc::new(Recorder::start(
         &audit_path,
         audit::MasterStart {
             destination: config.alias.clone(),
@@ -373,7 +373,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             sandbox: hardening.to_string(),
         },
-    );
+    ));
+    let _ = remote_routes.audit.set(Arc::clone(&audit));
 
     let (shutdown, _) = watch::channel(None);
     let (listening, _) = watch::channel(true);

@@ -154,3 +154,117 @@ fn sessions_decisions_and_the_chain() {
     std::fs::write(&tampered, removed.join("\n") + "\n").unwrap();
     assert!(!verify(&tampered).status.success());
 }
+
+#[test]
+fn forwards_their_connections_and_a_killed_client() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let log = env.path().join("audit.jsonl");
+    let mut master = Master::start_with_args(
+        &env,
+        MasterKind::Muxguard,
+        &["--audit-log".as_ref(), log.as_os_str()],
+    );
+
+    // A local forward to the sshd itself, and one connection through it.
+    let port = common::sshd::free_port();
+    let spec = format!("{port}:127.0.0.1:{}", env.sshd().port());
+    run(env.ssh().args(["-O", "forward", "-L", &spec, common::HOST])).assert_success("-O forward");
+    let mut banner = [0u8; 7];
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the forward");
+    std::io::Read::read_exact(&mut stream, &mut banner).expect("banner through the forward");
+    assert_eq!(&banner, b"SSH-2.0");
+    drop(stream);
+
+    // A client killed in the middle of its session.
+    let marker = env.work_dir().join("running");
+    let mut cmd = env.ssh_cmd(&format!("touch {}; sleep 30", marker.display()));
+    cmd.stdin(std::process::Stdio::piped());
+    let mut client = common::process::ChildGuard::spawn(cmd, "doomed client");
+    common::process::wait_for(
+        "the session to start",
+        std::time::Duration::from_secs(20),
+        || marker.exists(),
+    );
+    client.kill();
+    common::process::wait_for(
+        "the session to be closed",
+        std::time::Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("session_close")
+        },
+    );
+
+    env.control("exit").assert_success("-O exit");
+    master.wait_exit();
+
+    let all = records(&log);
+    let forward = all
+        .iter()
+        .find(|r| r["event"] == "forward_open")
+        .expect("forward_open");
+    assert!(
+        forward["spec"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("local forward LOCALHOST:{port}")),
+        "{forward}"
+    );
+    let connection = all
+        .iter()
+        .find(|r| r["event"] == "forward_connection")
+        .expect("forward_connection");
+    assert!(
+        connection["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{connection}"
+    );
+    let close = all
+        .iter()
+        .find(|r| r["event"] == "session_close")
+        .expect("session_close");
+    assert!(
+        close.get("exit_status").is_none(),
+        "a killed client leaves no exit status: {close}"
+    );
+    assert_eq!(all.last().unwrap()["event"], "master_stop");
+
+    let verify = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["audit", "verify"])
+        .arg(&log));
+    verify.assert_success("audit verify");
+    let table = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["audit", "--file"])
+        .arg(&log)
+        .args(["--kind", "forward-local"]));
+    table.assert_success("muxguard audit");
+    assert!(table.stdout.contains("forward-local"), "{table:#?}");
+    assert!(
+        !table.stdout.contains("sleep 30"),
+        "the kind filter keeps only forwards: {table:#?}"
+    );
+    let json = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["audit", "--json", "--file"])
+        .arg(&log)
+        .args(["--kind", "forward-local"]));
+    json.assert_success("muxguard audit --json");
+    assert!(
+        json.stdout.contains(&format!("LOCALHOST:{port}")),
+        "{json:#?}"
+    );
+    assert!(
+        json.stdout
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+}

@@ -96,7 +96,8 @@ impl client::Handler for ClientHandler {
             reply,
             target,
             description,
-            Arc::clone(&self.remote_routes.spill),
+            format!("{originator_address}:{originator_port}"),
+            Arc::clone(&self.remote_routes),
         );
         Ok(())
     }
@@ -114,7 +115,8 @@ impl client::Handler for ClientHandler {
             reply,
             target,
             format!("remote forward connection on {socket_path}"),
-            Arc::clone(&self.remote_routes.spill),
+            String::new(),
+            Arc::clone(&self.remote_routes),
         );
         Ok(())
     }

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::connect::ClientHandler;
 use super::socks;
+use crate::audit::recorder::Recorder;
 use crate::mux::passed_fd::{InputSource, OutputSink};
 use crate::mux::wire::{Endpoint, ForwardKind, ForwardSpec};
 use crate::spill::{SpillBuffer, SpillLimits};
@@ -203,6 +204,9 @@ pub struct RemoteRoutes {
     routes: Mutex<Vec<RemoteRoute>>,
     /// Buffering limits for every forwarded connection.
     pub spill: Arc<SpillLimits>,
+    /// Where each forwarded connection is recorded; set once the master's
+    /// audit stream exists (after the connection that needs these routes).
+    pub audit: std::sync::OnceLock<Arc<Recorder>>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +222,16 @@ impl RemoteRoutes {
         RemoteRoutes {
             routes: Mutex::new(Vec::new()),
             spill,
+            audit: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records one connection through a forward, if auditing is on.
+    fn record_connection(&self, spec: String, peer: String) {
+        if let Some(audit) = self.audit.get() {
+            audit.record(crate::audit::chain::Event::ForwardConnection(
+                crate::audit::chain::ForwardConnection { spec, peer },
+            ));
         }
     }
 
@@ -271,8 +285,10 @@ pub fn accept_remote_connection(
     reply: russh::client::ChannelOpenHandle,
     target: Option<Endpoint>,
     description: String,
-    spill: Arc<SpillLimits>,
+    origin: String,
+    routes: Arc<RemoteRoutes>,
 ) {
+    let spill = Arc::clone(&routes.spill);
     tokio::spawn(async move {
         let Some(target) = target else {
             warn!("refusing {description}: no remote forward matches it");
@@ -281,7 +297,11 @@ pub fn accept_remote_connection(
                 .await;
             return;
         };
-        match connect_local(&target).await {
+        let connected = connect_local(&target).await;
+        if connected.is_ok() {
+            routes.record_connection(format!("{description} -> {target}"), origin);
+        }
+        match connected {
             Ok(LocalStream::Tcp(stream)) => {
                 reply.accept().await;
                 debug!("{description} -> {target}");
@@ -402,7 +422,7 @@ impl Forwards {
         }
         let opened = match spec.kind {
             ForwardKind::Local | ForwardKind::Dynamic => {
-                self.open_listener(&spec, upstream, Arc::clone(&routes.spill))
+                self.open_listener(&spec, upstream, Arc::clone(routes))
                     .await
             }
             ForwardKind::Remote => self.open_remote(&spec, upstream, routes).await,
@@ -456,7 +476,7 @@ impl Forwards {
         &self,
         spec: &ForwardSpec,
         upstream: &Arc<Handle<ClientHandler>>,
-        spill: Arc<SpillLimits>,
+        routes: Arc<RemoteRoutes>,
     ) -> Result<(ActiveForward, OpenResult), String> {
         let spec_for_task = spec.clone();
         let upstream = Arc::clone(upstream);
@@ -469,7 +489,7 @@ impl Forwards {
                 let task = tokio::spawn(async move {
                     let accepts = listeners.into_iter().map(|listener| {
                         let upstream = Arc::clone(&upstream);
-                        let spill = Arc::clone(&spill);
+                        let routes = Arc::clone(&routes);
                         let spec = spec_for_task.clone();
                         tokio::spawn(async move {
                             loop {
@@ -485,7 +505,7 @@ impl Forwards {
                                     u32::from(peer.port()),
                                     spec.clone(),
                                     Arc::clone(&upstream),
-                                    Arc::clone(&spill),
+                                    Arc::clone(&routes),
                                 ));
                             }
                         })
@@ -519,7 +539,7 @@ impl Forwards {
                             0,
                             spec_for_task.clone(),
                             Arc::clone(&upstream),
-                            Arc::clone(&spill),
+                            Arc::clone(&routes),
                         ));
                     }
                 });
@@ -612,10 +632,11 @@ async fn serve_listener_connection<S>(
     origin_port: u32,
     spec: ForwardSpec,
     upstream: Arc<Handle<ClientHandler>>,
-    spill: Arc<SpillLimits>,
+    routes: Arc<RemoteRoutes>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let spill = Arc::clone(&routes.spill);
     let (target, socks_version) = match spec.kind {
         ForwardKind::Dynamic => match socks::accept(&mut stream).await {
             Ok(request) => (
@@ -641,6 +662,10 @@ async fn serve_listener_connection<S>(
     match channel {
         Ok(channel) => {
             debug!("forward {} -> {target}", spec.listen);
+            routes.record_connection(
+                format!("{} (to {target})", describe_spec(&spec)),
+                format!("{origin_host}:{origin_port}"),
+            );
             let (source, sink) = split_stream(stream);
             let buffer = SpillBuffer::new(spill, format!("forward {} -> {target}", spec.listen));
             bridge(channel, source, sink, std::future::pending(), buffer).await;
