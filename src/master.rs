@@ -73,6 +73,8 @@ struct SessionInfo {
     started: Instant,
     /// The session's output buffers, for `~#` (memory, disk, paused).
     buffers: Vec<Arc<SpillBuffer>>,
+    /// Bytes each way so far, for `~#` and status.
+    traffic: Option<Arc<crate::upstream::session::Traffic>>,
 }
 
 /// Removes a session from the registry when it ends, however it ends.
@@ -104,6 +106,7 @@ impl MasterState {
                 description,
                 started: Instant::now(),
                 buffers: Vec::new(),
+                traffic: None,
             },
         );
         self.recount_active();
@@ -169,6 +172,13 @@ impl MasterState {
         }
     }
 
+    /// Lets `~#` and status show a session's byte counts.
+    pub fn attach_traffic(&self, id: u32, traffic: Arc<crate::upstream::session::Traffic>) {
+        if let Some(info) = self.sessions.lock().expect("not poisoned").get_mut(&id) {
+            info.traffic = Some(traffic);
+        }
+    }
+
     /// Recounts what keeps the master busy (sessions and forwards) for
     /// persistence; call after either changes.
     pub fn recount_active(&self) {
@@ -220,10 +230,18 @@ impl MasterState {
         );
         for (id, info) in sessions.iter() {
             text.push_str(&format!(
-                "  #{id} {} (open {}s)",
+                "  #{id} {} (open {}s",
                 info.description,
                 info.started.elapsed().as_secs()
             ));
+            if let Some(traffic) = &info.traffic {
+                text.push_str(&format!(
+                    ", {} bytes out, {} bytes in",
+                    traffic.to_server.load(Ordering::Relaxed),
+                    traffic.to_client.load(Ordering::Relaxed)
+                ));
+            }
+            text.push(')');
             for buffer in &info.buffers {
                 let (memory, disk, paused) = buffer.usage();
                 if memory > 0 || disk > 0 || paused {

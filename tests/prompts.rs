@@ -290,6 +290,24 @@ fn allow_once_runs_and_asks_again_next_time() {
     assert_ran(&out, &setup);
     assert!(marker.exists(), "the allowed command did not run");
 
+    // The audit log says who decided: the person, at the prompt.
+    let audit = std::fs::read_to_string(setup.env.path().join("state/muxguard/audit.jsonl"))
+        .expect("the master's audit log");
+    let decision = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON record"))
+        .find(|r| r["event"] == "decision")
+        .expect("a decision record");
+    assert_eq!(decision["action"], "allow", "{decision}");
+    assert_eq!(decision["source"], "prompt", "{decision}");
+    assert!(
+        decision["decided_by"]
+            .as_str()
+            .unwrap_or("")
+            .contains("allowed once at the prompt"),
+        "{decision}"
+    );
+
     let server = setup.server();
     let calls = server.notifies();
     assert_eq!(calls.len(), 1, "{calls:#?}");

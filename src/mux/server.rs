@@ -333,7 +333,8 @@ async fn serve(
                     session = session_id,
                     "new session: {command}"
                 );
-                let _guard = master.register_session(session_id, command);
+                let described = format!("{command} by {}", requester.peer.describe_chain());
+                let _guard = master.register_session(session_id, described);
                 master
                     .audit
                     .record(audit::Event::SessionOpen(audit::SessionOpen {
@@ -343,6 +344,7 @@ async fn serve(
                     }));
                 let started = std::time::Instant::now();
                 let traffic = Arc::new(Traffic::default());
+                master.attach_traffic(session_id, Arc::clone(&traffic));
                 let outcome = session::run(SessionStart {
                     rid,
                     session_id,
@@ -476,7 +478,10 @@ async fn serve(
                 let session_id = master.next_session_id();
                 let description = format!("stdio forward to {}", request.target);
                 info!(client = client_id, session = session_id, "{description}");
-                let _guard = master.register_session(session_id, description);
+                let _guard = master.register_session(
+                    session_id,
+                    format!("{description} by {}", requester.peer.describe_chain()),
+                );
                 let channel = match forward::open_channel(
                     &master.upstream,
                     &request.target,
