@@ -179,6 +179,28 @@ impl Requester {
     }
 }
 
+impl Requester {
+    /// A `-O exit` / `-O stop` decision (kind `control`).
+    async fn decide_control(
+        &self,
+        master: &MasterState,
+        operation: audit::ControlOperation,
+    ) -> Outcome {
+        let word = match operation {
+            audit::ControlOperation::Terminate => "exit",
+            audit::ControlOperation::StopListening => "stop",
+            audit::ControlOperation::CancelForward => "cancel",
+        };
+        let audited = audit::RequestKind::Control {
+            operation,
+            forward: None,
+        };
+        self.decide(master, RequestKind::Control, Some(word), audited)
+            .await
+            .0
+    }
+}
+
 /// What a session request is, for the audit log (env names only).
 fn audited_session(request: &wire::SessionRequest) -> audit::RequestKind {
     let env = request
@@ -400,17 +422,8 @@ async fn serve(
             }
             ClientMessage::Terminate { rid } => {
                 let outcome = requester
-                    .decide(
-                        master,
-                        RequestKind::Control,
-                        Some("exit"),
-                        audit::RequestKind::Control {
-                            operation: audit::ControlOperation::Terminate,
-                            forward: None,
-                        },
-                    )
-                    .await
-                    .0;
+                    .decide_control(master, audit::ControlOperation::Terminate)
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
@@ -423,17 +436,8 @@ async fn serve(
             }
             ClientMessage::StopListening { rid } => {
                 let outcome = requester
-                    .decide(
-                        master,
-                        RequestKind::Control,
-                        Some("stop"),
-                        audit::RequestKind::Control {
-                            operation: audit::ControlOperation::StopListening,
-                            forward: None,
-                        },
-                    )
-                    .await
-                    .0;
+                    .decide_control(master, audit::ControlOperation::StopListening)
+                    .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
                     continue;
