@@ -268,3 +268,96 @@ fn forwards_their_connections_and_a_killed_client() {
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
     );
 }
+
+/// An audit log that cannot be written makes every decision fail closed,
+/// unless the policy says `audit_failure = "allow"`.
+#[test]
+fn unwritable_log_fails_closed() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    for (audit_failure, expect_allowed) in [("deny", false), ("allow", true)] {
+        let env = TestEnv::new();
+        let policy = env.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!("[defaults]\naction = \"allow\"\naudit_failure = \"{audit_failure}\"\n"),
+        )
+        .unwrap();
+        // /dev/full is not a regular file: the log is refused at start.
+        let _master = Master::start_with_args(
+            &env,
+            MasterKind::Muxguard,
+            &[
+                "--audit-log",
+                "/dev/full",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--system-policy",
+                env.path().join("no-system.toml").to_str().unwrap(),
+            ],
+        );
+        let marker = env.work_dir().join("ran");
+        let out = run(&mut env.ssh_cmd(&format!("touch {}", marker.display())));
+        if expect_allowed {
+            out.assert_success("allowed despite the audit failure");
+            assert!(marker.exists());
+        } else {
+            assert_eq!(out.status.code(), Some(255), "{out:#?}");
+            assert!(
+                out.stderr.contains("audit log"),
+                "the reason names the audit log: {out:#?}"
+            );
+            assert!(
+                !marker.exists(),
+                "the command ran although its decision was not audited"
+            );
+            env.assert_connections(1);
+        }
+    }
+}
+
+/// Several masters append to one log at once; every stream verifies.
+#[test]
+fn two_masters_share_one_log() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let log = shared.path().join("audit.jsonl");
+    let envs = [TestEnv::new(), TestEnv::new()];
+    let masters: Vec<Master> = envs
+        .iter()
+        .map(|env| {
+            Master::start_with_args(
+                env,
+                MasterKind::Muxguard,
+                &["--audit-log".as_ref(), log.as_os_str()],
+            )
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for env in &envs {
+            scope.spawn(move || {
+                for i in 0..10 {
+                    run(&mut env.ssh_cmd(&format!("echo {i}"))).assert_success("session");
+                }
+            });
+        }
+    });
+    for env in &envs {
+        env.control("exit").assert_success("-O exit");
+    }
+    drop(masters);
+    let verify = run(envs[0]
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["audit", "verify"])
+        .arg(&log));
+    verify.assert_success("audit verify");
+    assert!(verify.stdout.contains("in 2 streams"), "{verify:#?}");
+    let sessions = records(&log)
+        .iter()
+        .filter(|r| r["event"] == "session_close")
+        .count();
+    assert_eq!(sessions, 20);
+}
