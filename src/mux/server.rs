@@ -297,18 +297,10 @@ async fn serve(
                     .await?;
             }
             ClientMessage::NewSession { rid, request } => {
-                let fds = reader.receive_fds(wire::SessionRequest::FD_COUNT).await?;
-                let fds = match passed_fd::adopt(fds) {
-                    Ok(fds) => fds,
-                    Err(e) => {
-                        writer
-                            .send(&ServerMessage::Failure {
-                                rid,
-                                reason: format!("cannot use passed file descriptors: {e}"),
-                            })
-                            .await?;
-                        continue;
-                    }
+                let Some(fds) =
+                    receive_passed_fds(reader, writer, rid, wire::SessionRequest::FD_COUNT).await?
+                else {
+                    continue;
                 };
                 if !master.accepting_sessions() {
                     writer
@@ -447,20 +439,11 @@ async fn serve(
                 writer.send(&ServerMessage::Ok { rid }).await?;
             }
             ClientMessage::NewStdioForward { rid, request } => {
-                let fds = reader
-                    .receive_fds(wire::StdioForwardRequest::FD_COUNT)
-                    .await?;
-                let fds = match passed_fd::adopt(fds) {
-                    Ok(fds) => fds,
-                    Err(e) => {
-                        writer
-                            .send(&ServerMessage::Failure {
-                                rid,
-                                reason: format!("cannot use passed file descriptors: {e}"),
-                            })
-                            .await?;
-                        continue;
-                    }
+                let Some(fds) =
+                    receive_passed_fds(reader, writer, rid, wire::StdioForwardRequest::FD_COUNT)
+                        .await?
+                else {
+                    continue;
                 };
                 let target = request.target.to_string();
                 let outcome = requester
@@ -659,6 +642,29 @@ async fn serve(
                     })
                     .await?;
             }
+        }
+    }
+}
+
+/// Receives the descriptors that follow a request and prepares them for
+/// use. `None`: they cannot be used, and the client has been told so.
+async fn receive_passed_fds(
+    reader: &mut ControlReader,
+    writer: &ControlWriter,
+    rid: u32,
+    count: usize,
+) -> Result<Option<Vec<passed_fd::PassedFd>>, CloseReason> {
+    let fds = reader.receive_fds(count).await?;
+    match passed_fd::adopt(fds) {
+        Ok(fds) => Ok(Some(fds)),
+        Err(e) => {
+            writer
+                .send(&ServerMessage::Failure {
+                    rid,
+                    reason: format!("cannot use passed file descriptors: {e}"),
+                })
+                .await?;
+            Ok(None)
         }
     }
 }
