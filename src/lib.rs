@@ -17,3 +17,15 @@ pub mod sandbox;
 pub mod spill;
 pub mod status;
 pub mod upstream;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A current-thread runtime with I/O and timers, as the master uses.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    }
+}

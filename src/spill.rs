@@ -334,13 +334,6 @@ mod tests {
         Arc::new(limits)
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn order_is_kept_across_memory_and_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,7 +350,7 @@ mod tests {
         // Nothing named is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         buffer.close();
-        let got = rt().block_on(async {
+        let got = crate::test_support::runtime().block_on(async {
             let mut got = Vec::new();
             while let Some(chunk) = buffer.pop().await {
                 got.extend_from_slice(&chunk);
@@ -379,7 +372,7 @@ mod tests {
             Pushed::Full(Bytes::from_static(b"ijkl"))
         );
         assert!(buffer.usage().2, "paused");
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             assert_eq!(buffer.pop().await.unwrap(), Bytes::from_static(b"abcd"));
             assert_eq!(buffer.pop().await.unwrap(), Bytes::from_static(b"efgh"));
         });
@@ -391,7 +384,7 @@ mod tests {
     fn a_waiting_producer_resumes_when_the_consumer_reads() {
         let dir = tempfile::tempdir().unwrap();
         let buffer = SpillBuffer::new(limits(dir.path(), 1024, 1024), "test".into());
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let producer = {
                 let buffer = Arc::clone(&buffer);
                 tokio::spawn(async move {

@@ -214,16 +214,9 @@ mod tests {
         (a, ControlReader::new(Arc::new(b)))
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn packet_then_one_fd_per_carrier_byte() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let (client, mut reader) = pair().await;
             let hello = ServerMessage::Hello { extensions: vec![] }.encode();
             // The packet and the first carrier byte can arrive in one read
@@ -243,7 +236,7 @@ mod tests {
 
     #[test]
     fn three_fds_in_one_sendmsg_are_accepted() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let (client, mut reader) = pair().await;
             send_with_fds(&client, &[0], &[devnull(), devnull(), devnull()]);
             assert_eq!(reader.receive_fds(3).await.unwrap().len(), 3);
@@ -252,7 +245,7 @@ mod tests {
 
     #[test]
     fn carrier_without_fd_is_an_error() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let (client, mut reader) = pair().await;
             send_with_fds(&client, &[0, 0, 0], &[]);
             assert!(matches!(
@@ -264,7 +257,7 @@ mod tests {
 
     #[test]
     fn truncated_and_oversized_packets() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let (client, mut reader) = pair().await;
             send_with_fds(&client, &[0, 0, 0, 8, 0, 0], &[]);
             drop(client);

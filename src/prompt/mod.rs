@@ -387,13 +387,6 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn requester_text_stays_on_one_line() {
         assert_eq!(
@@ -406,7 +399,7 @@ mod tests {
 
     #[test]
     fn nobody_to_ask_is_unavailable_and_not_remembered() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let memory = PromptMemory::default();
             let prompter = Prompter::none();
             let asked = memory
@@ -439,7 +432,7 @@ mod tests {
         let listed = memory.remembered();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].1 > 590);
-        let asked = rt().block_on(memory.ask(
+        let asked = crate::test_support::runtime().block_on(memory.ask(
             &Prompter::none(),
             key("exec"),
             requester(),
@@ -459,7 +452,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert(requester(), Instant::now() + Duration::from_secs(30));
-        let asked = rt().block_on(memory.ask(
+        let asked = crate::test_support::runtime().block_on(memory.ask(
             &Prompter::none(),
             key("shell"),
             requester(),

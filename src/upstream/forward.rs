@@ -299,22 +299,15 @@ pub fn accept_remote_connection(
         };
         let connected = connect_local(&target).await;
         if connected.is_ok() {
+            debug!("{description} -> {target}");
             routes.record_connection(format!("{description} -> {target}"), origin);
         }
         match connected {
             Ok(LocalStream::Tcp(stream)) => {
-                reply.accept().await;
-                debug!("{description} -> {target}");
-                let (source, sink) = split_stream(stream);
-                let buffer = SpillBuffer::new(spill, description);
-                bridge(channel, source, sink, std::future::pending(), buffer).await;
+                accept_and_bridge(channel, reply, stream, spill, description).await
             }
             Ok(LocalStream::Unix(stream)) => {
-                reply.accept().await;
-                debug!("{description} -> {target}");
-                let (source, sink) = split_stream(stream);
-                let buffer = SpillBuffer::new(spill, description);
-                bridge(channel, source, sink, std::future::pending(), buffer).await;
+                accept_and_bridge(channel, reply, stream, spill, description).await
             }
             Err(e) => {
                 warn!("{description}: cannot connect to {target}: {e}");
@@ -322,6 +315,20 @@ pub fn accept_remote_connection(
             }
         }
     });
+}
+
+/// Accepts a server-opened channel and relays it to a connected stream.
+async fn accept_and_bridge<S: AsyncRead + AsyncWrite + Send + 'static>(
+    channel: russh::Channel<Msg>,
+    reply: russh::client::ChannelOpenHandle,
+    stream: S,
+    spill: Arc<SpillLimits>,
+    description: String,
+) {
+    reply.accept().await;
+    let (source, sink) = split_stream(stream);
+    let buffer = SpillBuffer::new(spill, description);
+    bridge(channel, source, sink, std::future::pending(), buffer).await;
 }
 
 enum LocalStream {

@@ -164,15 +164,9 @@ mod tests {
         (result, replies)
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn socks4_and_4a() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let (target, _) = run(&[4, 1, 0, 80, 10, 1, 2, 3, b'u', 0]).await;
             assert_eq!(
                 target.unwrap(),
@@ -194,7 +188,7 @@ mod tests {
 
     #[test]
     fn socks5_domain_ipv4_ipv6() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             let mut request = vec![5, 1, 0, 5, 1, 0, 3, 9];
             request.extend_from_slice(b"localhost");
             request.extend_from_slice(&[0x1f, 0x90]);
@@ -212,7 +206,7 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        rt().block_on(async {
+        crate::test_support::runtime().block_on(async {
             assert!(matches!(
                 run(b"GET / HTTP/1.1\r\n").await.0,
                 Err(SocksError::Version(b'G'))
