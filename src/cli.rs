@@ -51,6 +51,40 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Show the sandbox a master for a destination gets, and try reads,
+    /// writes and connections under exactly those rules (in this process,
+    /// which exits afterwards)
+    Sandbox(SandboxArgs),
+    /// Internal: runs SSH_ASKPASS for a sandboxed master
+    #[command(hide = true)]
+    AskpassBroker { program: PathBuf },
+    /// Internal: reads /proc links of connecting processes for a sandboxed
+    /// master
+    #[command(hide = true)]
+    ProcHelper,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Try to read this file under the sandbox (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub try_read: Vec<PathBuf>,
+    /// Try to create (or append to) this file under the sandbox (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub try_write: Vec<PathBuf>,
+    /// Try to connect to this TCP port on 127.0.0.1 (repeatable)
+    #[arg(long, value_name = "PORT")]
+    pub try_connect: Vec<u16>,
+    /// Control socket path, as for connect
+    #[arg(long, value_name = "PATH")]
+    pub control_path: Option<PathBuf>,
+    /// Audit log file, as for connect
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyFiles,
+    #[command(flatten)]
+    pub ssh: SshOptions,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +174,10 @@ pub struct ExplainArgs {
     /// The remote command, subsystem or forward target
     #[arg(long, value_name = "COMMAND")]
     pub command: Option<String>,
+    /// For a forward: the local TCP port (the -L/-D listening port, the -R
+    /// target port), matched against rules' `ports`
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
     #[command(flatten)]
     pub files: PolicyFiles,
 }
@@ -166,6 +204,11 @@ pub struct ConnectArgs {
     /// $XDG_STATE_HOME/muxguard/audit.jsonl)
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Run without the Landlock sandbox and let debuggers attach. For
+    /// debugging muxguard only: it is logged as a warning, recorded in the
+    /// audit log and shown by `muxguard status`
+    #[arg(long)]
+    pub no_sandbox: bool,
     #[command(flatten)]
     pub policy: PolicyFiles,
     #[command(flatten)]

@@ -36,6 +36,9 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             child_args.push("--persist".into());
             child_args.push(persist_arg(persist).into());
         }
+        if args.no_sandbox {
+            child_args.push("--no-sandbox".into());
+        }
         if let Some(file) = &args.audit_log {
             child_args.push("--audit-log".into());
             child_args.push(file.into());
@@ -66,6 +69,11 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         persist,
         policy,
         audit_log: args.audit_log.clone(),
+        sandbox: if args.no_sandbox {
+            crate::sandbox::Mode::Disabled
+        } else {
+            crate::sandbox::Mode::Enforce
+        },
         on_ready: Box::new(move |_| {
             if daemon_child {
                 daemon::detach(&log_file)

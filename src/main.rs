@@ -9,6 +9,9 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(&cli.command, Command::Connect(_)) {
+        muxguard::sandbox::close_inherited_fds();
+    }
     if matches!(&cli.command, Command::Connect(a) if a.daemon_child) {
         muxguard::daemon::mark_child();
     }
@@ -25,6 +28,11 @@ fn main() -> ExitCode {
         Command::Forget(args) => muxguard::status::run(args, "muxguard-forget"),
         Command::Ls => muxguard::status::list(),
         Command::PromptTest { timeout } => muxguard::prompt::prompt_test(timeout),
+        Command::Sandbox(args) => muxguard::sandbox_cmd::run(args),
+        Command::ProcHelper => muxguard::helper::serve_proc().map(|()| ExitCode::SUCCESS),
+        Command::AskpassBroker { program } => {
+            muxguard::prompt::broker::serve(program).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -26,11 +26,13 @@ use tracing::{debug, info, warn};
 
 use crate::access::decide::{self, PeerIdentity, PolicyStore};
 use crate::access::peer::Peer;
+use crate::access::policy::{Destination, ForwardPorts, Ports};
 use crate::audit::chain as audit;
 use crate::audit::recorder::Recorder;
 use crate::config::{HostConfig, Persist};
 use crate::paths::{self, Existing};
 use crate::prompt::{PromptMemory, Prompter};
+use crate::sandbox;
 use crate::spill::{SpillBuffer, SpillLimits};
 use crate::upstream::connect::{self, ClientHandler};
 use crate::upstream::forward::{Forwards, RemoteRoutes};
@@ -279,8 +281,47 @@ pub struct MasterOptions {
     /// `--audit-log`; else the system policy's `audit_log`; else the
     /// default in the state directory.
     pub audit_log: Option<PathBuf>,
+    /// Whether to sandbox the master (`--no-sandbox` is for debugging).
+    pub sandbox: sandbox::Mode,
     /// Called once the control socket is live; daemon mode detaches here.
     pub on_ready: ReadyHook,
+}
+
+/// Where the audit log goes: `--audit-log`, else the policy's `audit_log`,
+/// else the default in the state directory.
+pub fn audit_path(flag: Option<PathBuf>, policy: &PolicyStore) -> PathBuf {
+    flag.or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
+        .unwrap_or_else(crate::audit::default_path)
+}
+
+/// What the master's sandbox is built from: one function, so that
+/// `muxguard sandbox` shows and tries exactly the master's rules.
+pub fn sandbox_inputs(
+    config: &HostConfig,
+    control_path: &Path,
+    audit_path: &Path,
+    policy: &PolicyStore,
+) -> sandbox::Inputs {
+    let paths = policy.paths();
+    // A policy that cannot be read now denies every request until it is
+    // fixed; no forward can be allowed meanwhile, so no port is needed.
+    let forward_ports = match policy.current() {
+        Ok(set) => set.forward_ports(&Destination {
+            alias: &config.alias,
+            hostname: &config.hostname,
+            user: &config.user,
+        }),
+        Err(_) => ForwardPorts {
+            bind: Ports::Only(Default::default()),
+            connect: Ports::Only(Default::default()),
+        },
+    };
+    sandbox::Inputs::for_master(
+        control_path,
+        audit_path,
+        vec![paths.system.clone(), paths.user.clone()],
+        forward_ports,
+    )
 }
 
 /// Picks the control path: the flag, then ssh's ControlPath, then
@@ -364,6 +405,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         persist,
         policy,
         audit_log,
+        sandbox,
         on_ready,
     } = options;
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
@@ -374,12 +416,24 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let prompter = Prompter::discover().await;
     let socket = ControlSocket::bind(&control_path)?;
     let listener = socket.listener()?;
+    let audit_path = audit_path(audit_log, &policy);
+    if sandbox == sandbox::Mode::Enforce
+        && let Err(e) = crate::helper::ProcHelper::install()
+    {
+        warn!("cannot start the /proc helper: {e}; requesting programs will be unknown");
+    }
     // Start-up is done: harden while there is still one thread.
-    let hardening = crate::sandbox::harden();
-    info!("hardening: {hardening}");
-    let audit_path = audit_log
-        .or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
-        .unwrap_or_else(crate::audit::default_path);
+    let plan = sandbox::Plan::for_master(&sandbox_inputs(
+        &config,
+        &control_path,
+        &audit_path,
+        &policy,
+    ));
+    let hardening = sandbox::harden(&plan, sandbox);
+    match sandbox {
+        sandbox::Mode::Enforce => info!("hardening: {hardening}"),
+        sandbox::Mode::Disabled => warn!("hardening: {hardening}"),
+    }
     let audit = Arc::new(Recorder::start(
         &audit_path,
         audit::MasterStart {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::access::decide::{PeerIdentity, PolicyPaths};
-use crate::access::policy::{self, PeerAccount, Request, RequestKind};
+use crate::access::policy::{self, Destination, PeerAccount, Request, RequestKind};
 use crate::cli::{ExplainArgs, PolicyCommand};
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -82,6 +82,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         program: args.program.as_deref(),
         kind,
         command: args.command.as_deref(),
+        local_port: args.port,
         peer: PeerAccount {
             uid: identity.uid,
             user: identity.user.as_deref(),
@@ -90,5 +91,14 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         },
     };
     println!("{}", set.explain(&request));
+    let ports = set.forward_ports(&Destination {
+        alias: request.host_alias,
+        hostname: request.hostname,
+        user: request.remote_user,
+    });
+    println!(
+        "The sandbox of a master for this destination may bind TCP ports: {}; connect to TCP ports: {}.",
+        ports.bind, ports.connect
+    );
     Ok(ExitCode::SUCCESS)
 }

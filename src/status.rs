@@ -73,7 +73,7 @@ fn read_packet(stream: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Where each running master notes its control socket, for `muxguard ls`.
-fn registry_dir() -> std::path::PathBuf {
+pub fn registry_dir() -> std::path::PathBuf {
     crate::paths::runtime_dir().join("masters")
 }
 

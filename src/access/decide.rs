@@ -211,6 +211,8 @@ impl PeerIdentity {
 pub struct Asked<'a> {
     pub kind: RequestKind,
     pub command: Option<&'a str>,
+    /// A forward's local TCP port (see [`Request::local_port`]).
+    pub local_port: Option<u16>,
 }
 
 /// The ways to ask the person, and what was asked before.
@@ -247,6 +249,7 @@ pub async fn decide(
         program,
         kind: asked.kind,
         command: asked.command,
+        local_port: asked.local_port,
         peer: identity.account(),
     };
     let decision = policy.decide(&request);

@@ -320,6 +320,126 @@ impl KindSet {
     }
 }
 
+/// Local TCP ports, as inclusive ranges (a rule's `ports`, or what the
+/// sandbox lets the master bind or connect to).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Every port in the set, in order, each once.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX).filter(|p| self.contains(*p))
+    }
+
+    fn union(&mut self, other: &PortSet) {
+        self.ranges.extend_from_slice(&other.ranges);
+    }
+
+    fn intersection(&self, other: &PortSet) -> PortSet {
+        let mut ranges = Vec::new();
+        for &(a, b) in &self.ranges {
+            for &(c, d) in &other.ranges {
+                let (lo, hi) = (a.max(c), b.min(d));
+                if lo <= hi {
+                    ranges.push((lo, hi));
+                }
+            }
+        }
+        PortSet { ranges }
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ranges.is_empty() {
+            return f.write_str("none");
+        }
+        let mut ranges = self.ranges.clone();
+        ranges.sort_unstable();
+        for (i, (a, b)) in ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if a == b {
+                write!(f, "{a}")?;
+            } else {
+                write!(f, "{a}-{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n <= u32::from(u16::MAX) => Ok(n as u16),
+        _ => Err(format!(
+            "\"{text}\" is not a port; write a number from 0 to 65535 or a range like \"8000-8099\""
+        )),
+    }
+}
+
+/// Which local TCP ports the policy may ever let the master use for one
+/// destination: what the sandbox leaves open (see [`PolicySet::forward_ports`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ports {
+    /// Some allowed (or asked) request may use any port.
+    Any,
+    Only(PortSet),
+}
+
+impl Ports {
+    fn add(&mut self, more: &Ports) {
+        match (self, more) {
+            (Ports::Any, _) => {}
+            (this, Ports::Any) => *this = Ports::Any,
+            (Ports::Only(a), Ports::Only(b)) => a.union(b),
+        }
+    }
+
+    fn meet(self, other: Ports) -> Ports {
+        match (self, other) {
+            (Ports::Any, x) | (x, Ports::Any) => x,
+            (Ports::Only(a), Ports::Only(b)) => Ports::Only(a.intersection(&b)),
+        }
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ports::Any => f.write_str("any"),
+            Ports::Only(set) => set.fmt(f),
+        }
+    }
+}
+
+/// The ports the master binds (`-L`, `-D` listeners) and connects to (`-R`
+/// targets) for forwards the policy can allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPorts {
+    pub bind: Ports,
+    pub connect: Ports,
+}
+
+/// The destination a master serves, in the policy's terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub alias: &'a str,
+    pub hostname: &'a str,
+    pub user: &'a str,
+}
+
 // ---------------------------------------------------------------------------
 // Peers
 // ---------------------------------------------------------------------------
@@ -634,6 +754,7 @@ pub struct Rule {
     commands: Option<PatternList>,
     kinds: Option<KindSet>,
     peers: Option<Vec<PeerSpec>>,
+    ports: Option<PortSet>,
     action: Action,
 }
 
@@ -693,7 +814,14 @@ impl Rule {
             .peers
             .as_ref()
             .is_none_or(|specs| specs.iter().any(|s| s.matches(&req.peer)));
-        if !(host && user && kind && command && peer) {
+        // Like `commands`: a request without a local TCP port (a session,
+        // a Unix-socket forward) cannot satisfy a `ports` list.
+        let port = match (&self.ports, req.local_port) {
+            (None, _) => true,
+            (Some(set), Some(p)) => set.contains(p),
+            (Some(_), None) => false,
+        };
+        if !(host && user && kind && command && peer && port) {
             return Match::No;
         }
         match (&self.programs, req.program) {
@@ -737,6 +865,10 @@ pub struct Request<'a> {
     /// The remote command, the subsystem name, or the forward target;
     /// `None` for a shell or when there is nothing to name.
     pub command: Option<&'a str>,
+    /// For a forward, the local TCP port the master itself uses: the port
+    /// it listens on for `-L`/`-D`, the port it connects to for `-R`.
+    /// `None` for everything else, and for Unix-socket forwards.
+    pub local_port: Option<u16>,
     /// Who is connected to the socket. Rules that list `peers` apply only
     /// to requests from those peers.
     pub peer: PeerAccount<'a>,
@@ -847,6 +979,50 @@ impl Policy {
     /// The rules, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Which local ports a request of forward `kind` for this destination
+    /// could be allowed (or asked) on in this file, over-approximated: the
+    /// rules are walked in order, every allow or ask rule that may apply adds
+    /// its `ports` (or every port), and a deny or direct rule that applies to
+    /// every such request ends the walk, as nothing after it can match.
+    fn forward_ports(&self, destination: &Destination<'_>, kind: RequestKind) -> Ports {
+        let mut ports = Ports::Only(PortSet::default());
+        for rule in &self.rules {
+            let applies = rule.kinds.is_none_or(|k| k.contains(kind))
+                && rule
+                    .hosts
+                    .as_ref()
+                    .is_none_or(|p| p.matches(&[destination.alias, destination.hostname]))
+                && rule
+                    .users
+                    .as_ref()
+                    .is_none_or(|p| p.matches(&[destination.user]));
+            if !applies {
+                continue;
+            }
+            match rule.action {
+                Action::Allow | Action::Ask => {
+                    ports.add(&rule.ports.clone().map_or(Ports::Any, Ports::Only));
+                }
+                Action::Deny | Action::Direct => {
+                    let unconditional = rule.programs.is_none()
+                        && rule.commands.is_none()
+                        && rule.peers.is_none()
+                        && rule.ports.is_none();
+                    if unconditional {
+                        return ports;
+                    }
+                }
+            }
+        }
+        if matches!(
+            self.defaults.action.unwrap_or(BUILTIN_ACTION),
+            Action::Allow | Action::Ask
+        ) {
+            ports.add(&Ports::Any);
+        }
+        ports
     }
 
     /// This file's answer: the first matching rule, else the defaults.
@@ -1061,6 +1237,25 @@ impl PolicySet {
         }
     }
 
+    /// The local TCP ports forwards to `destination` could ever be allowed
+    /// on under these files: the sandbox leaves exactly these open. A
+    /// request must pass both files, so each file's set is a ceiling.
+    pub fn forward_ports(&self, destination: &Destination<'_>) -> ForwardPorts {
+        let for_kinds = |kinds: &[RequestKind]| {
+            self.files().fold(Ports::Any, |met, file| {
+                let mut ports = Ports::Only(PortSet::default());
+                for &kind in kinds {
+                    ports.add(&file.forward_ports(destination, kind));
+                }
+                met.meet(ports)
+            })
+        };
+        ForwardPorts {
+            bind: for_kinds(&[RequestKind::ForwardLocal, RequestKind::ForwardDynamic]),
+            connect: for_kinds(&[RequestKind::ForwardRemote]),
+        }
+    }
+
     /// Whether a process running as `peer_uid` may talk to a master running
     /// as `master_uid` at all; checked before any request is read.
     ///
@@ -1218,7 +1413,16 @@ struct RawRule {
     commands: RawList,
     kinds: RawList,
     peers: RawList,
+    ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
     action: RawString,
+}
+
+/// An entry of `ports`: a number, or a range written "first-last".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Text(String),
 }
 
 struct Parser<'a> {
@@ -1438,8 +1642,43 @@ impl Parser<'_> {
             commands: self.patterns(&r.commands, "commands", Syntax::Command)?,
             kinds,
             peers,
+            ports: self.ports(&r.ports)?,
             action,
         })
+    }
+
+    fn ports(
+        &self,
+        raw: &Option<Spanned<Vec<Spanned<RawPort>>>>,
+    ) -> Result<Option<PortSet>, PolicyError> {
+        let Some(list) = raw else { return Ok(None) };
+        if list.get_ref().is_empty() {
+            return Err(self.error(
+                list.span(),
+                "ports is empty, which would match nothing; remove the key to match any port",
+            ));
+        }
+        let mut set = PortSet::default();
+        for item in list.get_ref() {
+            let range = match item.get_ref() {
+                RawPort::Number(n) => parse_port(&n.to_string()).map(|p| (p, p)),
+                RawPort::Text(text) => match text.split_once('-') {
+                    Some((first, last)) => parse_port(first.trim()).and_then(|first| {
+                        let last = parse_port(last.trim())?;
+                        if first > last {
+                            return Err(format!(
+                                "the range starts above its end; write \"{last}-{first}\""
+                            ));
+                        }
+                        Ok((first, last))
+                    }),
+                    None => parse_port(text.trim()).map(|p| (p, p)),
+                },
+            }
+            .map_err(|reason| self.error(item.span(), format!("ports: {reason}")))?;
+            set.ranges.push(range);
+        }
+        Ok(Some(set))
     }
 
     /// An empty list is rejected rather than read as "matches nothing" or
@@ -1577,6 +1816,7 @@ mod tests {
             program: Some(Path::new("/usr/bin/git")),
             kind: RequestKind::Exec,
             command: Some("git-upload-pack '/srv/app.git'"),
+            local_port: None,
             peer: own_peer(),
         }
     }
@@ -2854,5 +3094,137 @@ audit_log = "/tmp/mine.jsonl"
             ..req("any")
         };
         assert_eq!(act(&p, &exit), Action::Allow);
+    }
+
+    // --- ports and the sandbox's port sets --------------------------------
+
+    #[test]
+    fn ports_match_the_forward_local_port() {
+        let p = parse(
+            r#"
+[defaults]
+action = "deny"
+
+[[rule]]
+name = "dev tunnels"
+kinds = ["forward-remote", "forward-local"]
+ports = [8080, "9000-9009"]
+action = "allow"
+"#,
+        );
+        let fwd = |port| Request {
+            kind: RequestKind::ForwardRemote,
+            local_port: port,
+            ..req("any")
+        };
+        assert_eq!(act(&p, &fwd(Some(8080))), Action::Allow);
+        assert_eq!(act(&p, &fwd(Some(9005))), Action::Allow);
+        assert_eq!(act(&p, &fwd(Some(9010))), Action::Deny);
+        // A Unix-socket forward has no port, so `ports` cannot match it.
+        assert_eq!(act(&p, &fwd(None)), Action::Deny);
+    }
+
+    #[test]
+    fn bad_ports_are_reported_where_they_are() {
+        let e = err("[[rule]]\nname = \"x\"\nports = [70000]\naction = \"allow\"\n");
+        assert_eq!((e.line, e.column), (3, 10), "{e}");
+        assert!(e.reason.contains("not a port"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\nports = [\"90-80\"]\naction = \"allow\"\n");
+        assert!(e.reason.contains("80-90"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\nports = []\naction = \"allow\"\n");
+        assert!(e.reason.contains("empty"), "{e}");
+    }
+
+    fn ports_of(set: &PolicySet, host: &str) -> ForwardPorts {
+        set.forward_ports(&Destination {
+            alias: host,
+            hostname: host,
+            user: "deploy",
+        })
+    }
+
+    fn only(ports: &[u16]) -> Ports {
+        Ports::Only(PortSet {
+            ranges: ports.iter().map(|&p| (p, p)).collect(),
+        })
+    }
+
+    #[test]
+    fn forward_ports_follow_what_the_policy_can_allow() {
+        // No file: everything is allowed, so any port.
+        let none = PolicySet {
+            system: None,
+            user: None,
+        };
+        assert_eq!(ports_of(&none, "h").connect, Ports::Any);
+        // The default (ask) covers forwards: any port.
+        let open = PolicySet {
+            system: None,
+            user: Some(parse(
+                "[[rule]]\nname = \"x\"\nkinds = [\"exec\"]\naction = \"allow\"\n",
+            )),
+        };
+        assert_eq!(ports_of(&open, "h").bind, Ports::Any);
+        // A deny default with port-limited rules: exactly those ports; a
+        // rule for another host adds nothing.
+        let limited = parse(
+            r#"
+[defaults]
+action = "deny"
+
+[[rule]]
+name = "reverse"
+kinds = ["forward-remote"]
+ports = [8080]
+action = "allow"
+
+[[rule]]
+name = "socks"
+kinds = ["forward-dynamic"]
+ports = [1080]
+action = "ask"
+
+[[rule]]
+name = "elsewhere"
+hosts = ["other"]
+kinds = ["forward-remote"]
+action = "allow"
+"#,
+        );
+        let set = PolicySet {
+            system: None,
+            user: Some(limited.clone()),
+        };
+        assert_eq!(ports_of(&set, "h").connect, only(&[8080]));
+        assert_eq!(ports_of(&set, "h").bind, only(&[1080]));
+        assert_eq!(ports_of(&set, "other").connect, Ports::Any);
+        // An unconditional deny for forwards ends the walk: the default
+        // after it no longer opens every port.
+        let walled = parse(
+            r#"
+[[rule]]
+name = "tunnel"
+kinds = ["forward-local"]
+ports = [5432]
+action = "allow"
+
+[[rule]]
+name = "no other forwards"
+kinds = ["forward-local", "forward-remote", "forward-dynamic"]
+action = "deny"
+"#,
+        );
+        let set = PolicySet {
+            system: None,
+            user: Some(walled.clone()),
+        };
+        assert_eq!(ports_of(&set, "h").bind, only(&[5432]));
+        assert_eq!(ports_of(&set, "h").connect, only(&[]));
+        // Two files: a request must pass both, so the sets intersect.
+        let system = PolicySet {
+            system: Some(walled),
+            user: Some(limited),
+        };
+        assert_eq!(ports_of(&system, "h").bind, only(&[]));
     }
 }

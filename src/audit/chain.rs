@@ -628,6 +628,10 @@ pub struct ForwardConnection {
     pub spec: String,
     /// The address the connection came from (`203.0.113.9:51234`).
     pub peer: String,
+    /// Why the master could not reach the forward's target (it then
+    /// refused the connection); absent when it connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1173,7 +1177,7 @@ pub(crate) mod tests {
             user: "alice".to_owned(),
             host_key: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".to_owned(),
             version: "0.1.0".to_owned(),
-            sandbox: "landlock abi 6: fs, net, scope; no_new_privs; not dumpable".to_owned(),
+            sandbox: "landlock ABI 7: fs enforced, net enforced, scope enforced; ptrace: blocked; no_new_privs: on; core dumps: off".to_owned(),
         }
     }
 
@@ -1294,6 +1298,7 @@ pub(crate) mod tests {
             Event::ForwardConnection(ForwardConnection {
                 spec: "-L 127.0.0.1:8080:db:5432".to_owned(),
                 peer: "127.0.0.1:51234".to_owned(),
+                error: None,
             }),
             Event::ForwardClose(ForwardClose {
                 spec: "-L 127.0.0.1:8080:db:5432".to_owned(),

@@ -111,6 +111,20 @@ impl Requester {
         command: Option<&str>,
         audited: audit::RequestKind,
     ) -> (Outcome, u64) {
+        let asked = Asked {
+            kind,
+            command,
+            local_port: None,
+        };
+        self.decide_asked(master, &asked, audited).await
+    }
+
+    async fn decide_asked(
+        &self,
+        master: &MasterState,
+        asked: &Asked<'_>,
+        audited: audit::RequestKind,
+    ) -> (Outcome, u64) {
         let request = master.next_request_id();
         master.audit.record(audit::Event::Request(audit::Request {
             client: self.client_id,
@@ -122,7 +136,7 @@ impl Requester {
             &master.config,
             &self.peer,
             &self.identity,
-            &Asked { kind, command },
+            asked,
             Prompting {
                 prompter: &master.prompter,
                 memory: &master.prompts,
@@ -151,9 +165,9 @@ impl Requester {
                 reason: format!("{e}; the policy fails closed (audit_failure = deny)"),
             };
         }
-        let what = match command {
-            Some(command) => format!("{kind} {command:?}"),
-            None => kind.to_string(),
+        let what = match asked.command {
+            Some(command) => format!("{} {command:?}", asked.kind),
+            None => asked.kind.to_string(),
         };
         match &outcome {
             Outcome::Allow { reason } => {
@@ -521,13 +535,13 @@ async fn serve(
             }
             ClientMessage::OpenForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
+                let asked = Asked {
+                    kind: forward_kind(&spec),
+                    command: Some(&description),
+                    local_port: forward::local_tcp_port(&spec),
+                };
                 let (outcome, request_id) = requester
-                    .decide(
-                        master,
-                        forward_kind(&spec),
-                        Some(&description),
-                        audited_forward(&spec),
-                    )
+                    .decide_asked(master, &asked, audited_forward(&spec))
                     .await;
                 if !matches!(outcome, Outcome::Allow { .. }) {
                     writer.send(&refusal(rid, &outcome)).await?;
@@ -556,11 +570,15 @@ async fn serve(
             }
             ClientMessage::CloseForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
+                let asked = Asked {
+                    kind: forward_kind(&spec),
+                    command: Some(&description),
+                    local_port: forward::local_tcp_port(&spec),
+                };
                 let outcome = requester
-                    .decide(
+                    .decide_asked(
                         master,
-                        forward_kind(&spec),
-                        Some(&description),
+                        &asked,
                         audit::RequestKind::Control {
                             operation: audit::ControlOperation::CancelForward,
                             forward: Some(description.clone()),

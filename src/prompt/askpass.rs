@@ -44,6 +44,10 @@ impl Askpass {
         Askpass { program }
     }
 
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+
     pub async fn confirm(&self, prompt: &str, timeout: Duration) -> Answer {
         let child = tokio::process::Command::new(&self.program)
             .arg(prompt)

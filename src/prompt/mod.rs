@@ -8,6 +8,7 @@
 //! own answer in its own task while every other session keeps flowing.
 
 pub mod askpass;
+pub mod broker;
 pub mod lock;
 pub mod notify;
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use askpass::Askpass;
+use broker::Broker;
 use lock::LockState;
 use notify::NotificationPrompter;
 
@@ -83,7 +85,8 @@ impl Answer {
 /// The ways this master can ask, found at start-up (before any sandbox).
 pub struct Prompter {
     notifications: Option<NotificationPrompter>,
-    askpass: Option<Askpass>,
+    /// The `SSH_ASKPASS` helper, run by a process outside the sandbox.
+    askpass: Option<Broker>,
     system_bus: Option<zbus::Connection>,
     /// Why desktop notifications are unavailable, for messages.
     no_notifications: Option<String>,
@@ -98,7 +101,16 @@ impl Prompter {
         };
         Prompter {
             notifications,
-            askpass: Askpass::from_env(),
+            askpass: Askpass::from_env().and_then(|askpass| {
+                Broker::spawn(&askpass)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "cannot start the helper for SSH_ASKPASS {}: {e}",
+                            askpass.program().display()
+                        )
+                    })
+                    .ok()
+            }),
             system_bus: zbus::Connection::system().await.ok(),
             no_notifications,
         }

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,6 +27,7 @@ use super::socks;
 use crate::audit::recorder::Recorder;
 use crate::mux::passed_fd::{InputSource, OutputSink};
 use crate::mux::wire::{Endpoint, ForwardKind, ForwardSpec};
+use crate::sandbox;
 use crate::spill::{SpillBuffer, SpillLimits};
 
 /// Local reads go upstream in chunks of at most one SSH packet.
@@ -227,10 +228,10 @@ impl RemoteRoutes {
     }
 
     /// Records one connection through a forward, if auditing is on.
-    fn record_connection(&self, spec: String, peer: String) {
+    fn record_connection(&self, spec: String, peer: String, error: Option<String>) {
         if let Some(audit) = self.audit.get() {
             audit.record(crate::audit::chain::Event::ForwardConnection(
-                crate::audit::chain::ForwardConnection { spec, peer },
+                crate::audit::chain::ForwardConnection { spec, peer, error },
             ));
         }
     }
@@ -298,10 +299,24 @@ pub fn accept_remote_connection(
             return;
         };
         let connected = connect_local(&target).await;
-        if connected.is_ok() {
-            debug!("{description} -> {target}");
-            routes.record_connection(format!("{description} -> {target}"), origin);
-        }
+        let failure = connected.as_ref().err().map(|e| {
+            let port = match &target {
+                Endpoint::Tcp { port, .. } => Some(*port),
+                Endpoint::Unix { .. } => None,
+            };
+            let why = port
+                .filter(|_| e.kind() == io::ErrorKind::PermissionDenied)
+                .and_then(|port| sandbox::explain(sandbox::Refused::Connect(port)));
+            match why {
+                Some(why) => format!("cannot connect to {target}: {e}: {why}"),
+                None => format!("cannot connect to {target}: {e}"),
+            }
+        });
+        routes.record_connection(
+            format!("{description} -> {target}"),
+            origin,
+            failure.clone(),
+        );
         match connected {
             Ok(LocalStream::Tcp(stream)) => {
                 accept_and_bridge(channel, reply, stream, spill, description).await
@@ -309,8 +324,11 @@ pub fn accept_remote_connection(
             Ok(LocalStream::Unix(stream)) => {
                 accept_and_bridge(channel, reply, stream, spill, description).await
             }
-            Err(e) => {
-                warn!("{description}: cannot connect to {target}: {e}");
+            Err(_) => {
+                warn!(
+                    "{description}: {}",
+                    failure.as_deref().unwrap_or("cannot connect")
+                );
                 reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             }
         }
@@ -491,7 +509,7 @@ impl Forwards {
             Endpoint::Tcp { host, port } => {
                 let listeners = bind_tcp(host, *port).map_err(|e| {
                     debug!("bind {}: {e}", spec.listen);
-                    "Port forwarding failed".to_string()
+                    refused_by_sandbox(&e, sandbox::Refused::Bind(*port))
                 })?;
                 let task = tokio::spawn(async move {
                     let accepts = listeners.into_iter().map(|listener| {
@@ -532,7 +550,7 @@ impl Forwards {
             Endpoint::Unix { path } => {
                 let listener = UnixListener::bind(path).map_err(|e| {
                     debug!("bind {path}: {e}");
-                    "Port forwarding failed".to_string()
+                    refused_by_sandbox(&e, sandbox::Refused::MakeSocket(Path::new(path)))
                 })?;
                 let task = tokio::spawn(async move {
                     loop {
@@ -672,6 +690,7 @@ async fn serve_listener_connection<S>(
             routes.record_connection(
                 format!("{} (to {target})", describe_spec(&spec)),
                 format!("{origin_host}:{origin_port}"),
+                None,
             );
             let (source, sink) = split_stream(stream);
             let buffer = SpillBuffer::new(spill, format!("forward {} -> {target}", spec.listen));
@@ -746,6 +765,33 @@ fn bind_tcp(host: &str, port: u16) -> io::Result<Vec<TcpListener>> {
         // Some families bound and another failed (e.g. the port is taken
         // on IPv4): refuse, as a half-working forward would surprise.
         (false, Some(e)) => Err(e),
+    }
+}
+
+/// The reason given to the client when a forward cannot listen: OpenSSH's
+/// words, and which sandbox rule refused it when that is why.
+fn refused_by_sandbox(e: &io::Error, what: sandbox::Refused<'_>) -> String {
+    let why = (e.kind() == io::ErrorKind::PermissionDenied)
+        .then(|| sandbox::explain(what))
+        .flatten();
+    match why {
+        Some(why) => format!("Port forwarding failed: {why}"),
+        None => "Port forwarding failed".to_string(),
+    }
+}
+
+/// The local TCP port the master itself uses for a forward: the port it
+/// listens on for `-L`/`-D`, the port it connects to for `-R`; `None` when
+/// that side is a Unix socket. The policy's `ports` and the sandbox's
+/// network rules are about this port.
+pub fn local_tcp_port(spec: &ForwardSpec) -> Option<u16> {
+    let local = match spec.kind {
+        ForwardKind::Local | ForwardKind::Dynamic => &spec.listen,
+        ForwardKind::Remote => &spec.connect,
+    };
+    match local {
+        Endpoint::Tcp { port, .. } => Some(*port),
+        Endpoint::Unix { .. } => None,
     }
 }
 
