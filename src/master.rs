@@ -64,6 +64,8 @@ pub struct MasterState {
     pub remote_routes: Arc<RemoteRoutes>,
     /// Buffering limits for output a client has not read yet.
     pub spill_limits: Arc<SpillLimits>,
+    /// More connections to the server when it refuses more sessions.
+    pub overflow: crate::upstream::overflow::Overflow,
     next_session: AtomicU32,
     sessions: Mutex<BTreeMap<u32, SessionInfo>>,
     /// The number of live sessions, watched by the persistence timer.
@@ -151,6 +153,10 @@ impl MasterState {
     /// `muxguard status`: connection, sessions, forwards, remembered answers.
     pub fn describe_status(&self) -> String {
         let mut text = self.describe_connection();
+        if let Some(extra) = self.overflow.describe() {
+            text.push_str(&extra);
+            text.push('\n');
+        }
         text.push_str(&self.describe_sessions().replace("\r\n", "\n"));
         let remembered = self.prompts.remembered();
         if remembered.is_empty() {
@@ -316,6 +322,21 @@ pub fn sandbox_inputs(
             connect: Ports::Only(Default::default()),
         },
     };
+    // Additional connections to the server (MaxSessions overflow) need
+    // its port even when forwards limit TCP connections.
+    let forward_ports = match forward_ports {
+        ForwardPorts {
+            bind,
+            connect: Ports::Only(mut set),
+        } if crate::upstream::overflow::possible(config) => {
+            set.insert(config.port);
+            ForwardPorts {
+                bind,
+                connect: Ports::Only(set),
+            }
+        }
+        other => other,
+    };
     sandbox::Inputs::for_master(
         control_path,
         audit_path,
@@ -448,6 +469,11 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     ));
     let _ = remote_routes.audit.set(Arc::clone(&audit));
 
+    let overflow = crate::upstream::overflow::Overflow::new(
+        &config,
+        upstream.reconnect.clone(),
+        Arc::clone(&remote_routes),
+    );
     let (shutdown, _) = watch::channel(None);
     let (listening, _) = watch::channel(true);
     let (active, _) = watch::channel(0usize);
@@ -469,6 +495,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         prompter,
         prompts: PromptMemory::default(),
         forwards: Forwards::default(),
+        overflow,
         spill_limits,
         remote_routes,
         next_session: AtomicU32::new(1),

@@ -344,6 +344,98 @@ fn burst(kind: MasterKind, max_sessions: u32) {
     );
 }
 
+/// Beyond OpenSSH: with an ssh-agent holding the key, sessions the server
+/// refuses on the master's connection (MaxSessions 10) go over additional
+/// connections the master opens itself — every one of 30 concurrent
+/// sessions succeeds with about three connections in all, where clients
+/// falling back on their own would make some twenty. The additional
+/// connections close when their sessions end.
+#[test]
+fn sessions_beyond_max_sessions_use_additional_connections() {
+    const CONCURRENT: u32 = 30;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::with_sshd_config(&SshdConfig { max_sessions: 10 });
+    let agent_socket = env.path().join("run/agent.sock");
+    let _agent = ChildGuard::spawn(
+        {
+            let mut cmd = env.command("ssh-agent");
+            cmd.arg("-D").arg("-a").arg(&agent_socket);
+            cmd.stdout(Stdio::null());
+            cmd
+        },
+        "ssh-agent",
+    );
+    assert!(poll_until(Duration::from_secs(10), || agent_socket.exists()));
+    let added = run(env
+        .command("ssh-add")
+        .arg(env.path().join("home/id_ed25519"))
+        .env("SSH_AUTH_SOCK", &agent_socket));
+    added.assert_success("ssh-add");
+    let master = common::Master::start_with_args_env(
+        &env,
+        MasterKind::Muxguard,
+        &[] as &[&str],
+        &[("SSH_AUTH_SOCK", &agent_socket)],
+    );
+
+    let outcomes: Vec<(u32, Output)> = thread::scope(|scope| {
+        let env = &env;
+        let workers: Vec<_> = (0..CONCURRENT)
+            .map(|n| {
+                scope.spawn(move || {
+                    let out = run_timeout(
+                        &mut env.ssh_cmd(&format!("sleep 2; echo {n}")),
+                        BURST_TIMEOUT,
+                    );
+                    (n, out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    for (n, out) in &outcomes {
+        out.assert_success(&format!("session {n}"));
+        assert_eq!(out.stdout, format!("{n}\n"), "session {n}");
+    }
+    let connections = env.sshd().accepted_count();
+    eprintln!("{CONCURRENT} concurrent sessions under MaxSessions 10: {connections} connections");
+    assert!(
+        (2..=5).contains(&connections),
+        "{connections} connections for {CONCURRENT} sessions under MaxSessions 10; \
+         master log:\n{}",
+        master.log()
+    );
+    assert!(
+        master.log().contains("opened additional connection"),
+        "{}",
+        master.log()
+    );
+    let status = || {
+        run(env
+            .command(env!("CARGO_BIN_EXE_muxguard"))
+            .args(["status", "--control-path"])
+            .arg(env.control_path())
+            .arg(common::HOST))
+        .stdout
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || !status()
+            .contains("additional connection")),
+        "the additional connections stayed open: {}",
+        status()
+    );
+    assert!(
+        master.log().contains("closing additional connection"),
+        "{}",
+        master.log()
+    );
+}
+
 /// The resident set size of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")

@@ -341,6 +341,10 @@ impl PortSet {
         (0..=u16::MAX).filter(|p| self.contains(*p))
     }
 
+    pub fn insert(&mut self, port: u16) {
+        self.ranges.push((port, port));
+    }
+
     fn union(&mut self, other: &PortSet) {
         self.ranges.extend_from_slice(&other.ranges);
     }

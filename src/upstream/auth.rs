@@ -20,20 +20,52 @@ use zeroize::Zeroizing;
 use super::connect::ClientHandler;
 use crate::config::HostConfig;
 
+/// Authenticates `handle` as `config.user` with the agent's keys alone
+/// (for additional connections, made without anyone to ask).
+pub async fn authenticate_with_agent(
+    handle: &mut Handle<ClientHandler>,
+    config: &HostConfig,
+    identity_publics: &[ssh_key::PublicKey],
+) -> anyhow::Result<()> {
+    authenticate_by(handle, config, Methods::AgentOnly, identity_publics).await
+}
+
+/// The public halves of the IdentityFile keys (what IdentitiesOnly lets
+/// the agent offer), read once at start-up.
+pub fn identity_publics(config: &HostConfig) -> Vec<ssh_key::PublicKey> {
+    config
+        .identity_files
+        .iter()
+        .filter_map(|path| read_public_half(path))
+        .collect()
+}
+
 /// Authenticates `handle` as `config.user`. The error says what was tried.
 pub async fn authenticate(
     handle: &mut Handle<ClientHandler>,
     config: &HostConfig,
+    identity_publics: &[ssh_key::PublicKey],
+) -> anyhow::Result<()> {
+    authenticate_by(handle, config, Methods::All, identity_publics).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Methods {
+    All,
+    /// The agent only: no key files (the sandbox forbids reading them), no
+    /// passwords, no prompts.
+    AgentOnly,
+}
+
+async fn authenticate_by(
+    handle: &mut Handle<ClientHandler>,
+    config: &HostConfig,
+    methods_allowed: Methods,
+    identity_publics: &[ssh_key::PublicKey],
 ) -> anyhow::Result<()> {
     let mut tried: Vec<String> = Vec::new();
     let mut offered_methods: Option<Vec<MethodKind>> = None;
     let rsa_hash = handle.best_supported_rsa_hash().await?.flatten();
-
-    let identity_publics: Vec<ssh_key::PublicKey> = config
-        .identity_files
-        .iter()
-        .filter_map(|path| read_public_half(path))
-        .collect();
 
     if config.pubkey_authentication {
         if let Some(agent_path) = &config.identity_agent {
@@ -72,7 +104,11 @@ pub async fn authenticate(
             }
         }
 
-        for path in &config.identity_files {
+        let files: &[std::path::PathBuf] = match methods_allowed {
+            Methods::All => &config.identity_files,
+            Methods::AgentOnly => &[],
+        };
+        for path in files {
             let key = match load_identity(path, config)? {
                 Some(key) => key,
                 None => continue,
@@ -95,7 +131,7 @@ pub async fn authenticate(
         }
     }
 
-    let can_prompt = !config.batch_mode && has_terminal();
+    let can_prompt = methods_allowed == Methods::All && !config.batch_mode && has_terminal();
     let methods = offered_methods.clone().unwrap_or_default();
     if can_prompt
         && config.kbd_interactive_authentication

@@ -22,13 +22,51 @@ pub type ClosedReason = Option<String>;
 /// The russh callbacks. They run inside russh's session loop, so nothing
 /// here may wait on anything slow.
 pub struct ClientHandler {
-    host_key_check: HostKeyCheck,
+    host_key_check: HostKeyPolicy,
     /// The outcome of the host-key check, for a message better than
     /// russh's generic error.
     host_key_outcome: Arc<Mutex<Option<Result<String, String>>>>,
     closed: watch::Sender<ClosedReason>,
     /// Where connections on our remote forwards go.
     remote_routes: Arc<RemoteRoutes>,
+}
+
+/// How the server's host key is judged.
+enum HostKeyPolicy {
+    /// The first connection: known_hosts, with OpenSSH's semantics.
+    KnownHosts(HostKeyCheck),
+    /// An overflow connection to the same server: exactly the key the first
+    /// connection accepted (known_hosts is out of the sandbox's reach, and
+    /// nothing else would be right anyway).
+    Pinned { fingerprint: String },
+}
+
+impl HostKeyPolicy {
+    fn check(&self, presented: &PublicKeyOrCertificate) -> Result<String, String> {
+        match self {
+            HostKeyPolicy::KnownHosts(check) => check.check(presented),
+            HostKeyPolicy::Pinned { fingerprint } => {
+                let presented = known_hosts::fingerprint_sha256(&public_key_of(presented));
+                if presented == *fingerprint {
+                    Ok(presented)
+                } else {
+                    Err(format!(
+                        "the server presented host key {presented} on an additional connection, \
+                         not {fingerprint} as on the first; refusing it"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn public_key_of(presented: &PublicKeyOrCertificate) -> ssh_key::PublicKey {
+    match presented {
+        PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+        PublicKeyOrCertificate::Certificate(cert) => {
+            ssh_key::PublicKey::new(cert.public_key().clone(), "")
+        }
+    }
 }
 
 struct HostKeyCheck {
@@ -142,12 +180,7 @@ impl HostKeyCheck {
     /// Applies StrictHostKeyChecking to the known_hosts verdict. Ok carries
     /// the key's fingerprint; Err the full, loud explanation.
     fn check(&self, presented: &PublicKeyOrCertificate) -> Result<String, String> {
-        let public = match presented {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
-            PublicKeyOrCertificate::Certificate(cert) => {
-                ssh_key::PublicKey::new(cert.public_key().clone(), "")
-            }
-        };
+        let public = public_key_of(presented);
         let fingerprint = known_hosts::fingerprint_sha256(&public);
         let verdict = self
             .known_hosts
@@ -330,6 +363,25 @@ pub struct Upstream {
     pub closed: watch::Receiver<ClosedReason>,
     pub host_key_fingerprint: String,
     pub peer: SocketAddr,
+    /// What an additional connection to the same server needs.
+    pub reconnect: Reconnect,
+}
+
+/// Enough to open another connection to the server the first one reached:
+/// its address, the host key it accepted, and the same algorithm
+/// preferences (so the server presents the same kind of key).
+#[derive(Clone)]
+pub struct Reconnect {
+    peer: SocketAddr,
+    fingerprint: String,
+    russh_config: Arc<client::Config>,
+    identity_publics: Arc<Vec<ssh_key::PublicKey>>,
+}
+
+impl Reconnect {
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
 }
 
 /// Connects, verifies the host key and authenticates.
@@ -338,16 +390,6 @@ pub async fn connect(
     remote_routes: Arc<RemoteRoutes>,
 ) -> anyhow::Result<Upstream> {
     let (stream, peer) = tcp_connect(config)?;
-    stream.set_nodelay(true)?;
-    limit_unsent_bytes(&stream, UPSTREAM_NOTSENT_LOWAT);
-    stream.set_nonblocking(true)?;
-    // russh reads each packet with two small reads (length, then body);
-    // a read buffer turns a burst of packets into one system call.
-    let stream = tokio::io::BufReader::with_capacity(
-        UPSTREAM_READ_BUFFER,
-        tokio::net::TcpStream::from_std(stream)?,
-    );
-
     let known_hosts = KnownHosts::new(
         config.user_known_hosts.clone(),
         config.global_known_hosts.clone(),
@@ -357,26 +399,108 @@ pub async fn connect(
         Some(alias) => (alias.clone(), 22),
         None => (config.hostname.clone(), config.port),
     };
-    let outcome = Arc::new(Mutex::new(None));
-    let (closed_tx, closed) = watch::channel(None);
     let known = known_hosts
         .known_algorithms(&lookup_host, lookup_port)
         .unwrap_or_default();
-    let handler = ClientHandler {
-        host_key_check: HostKeyCheck {
-            known_hosts,
-            lookup_host,
-            port: lookup_port,
-            strict: config.strict_host_key_checking,
-            hash_new_entries: config.hash_known_hosts,
-            learn_file: config.user_known_hosts.first().cloned(),
+    let check = HostKeyPolicy::KnownHosts(HostKeyCheck {
+        known_hosts,
+        lookup_host,
+        port: lookup_port,
+        strict: config.strict_host_key_checking,
+        hash_new_entries: config.hash_known_hosts,
+        learn_file: config.user_known_hosts.first().cloned(),
+    });
+    let russh_config = Arc::new(russh_config(config, &known));
+    let (mut handle, fingerprint, closed) = handshake(
+        config,
+        stream,
+        peer,
+        check,
+        Arc::clone(&russh_config),
+        remote_routes,
+    )
+    .await?;
+    let identity_publics = Arc::new(super::auth::identity_publics(config));
+    super::auth::authenticate(&mut handle, config, &identity_publics).await?;
+    Ok(Upstream {
+        handle: Arc::new(handle),
+        closed,
+        host_key_fingerprint: fingerprint.clone(),
+        peer,
+        reconnect: Reconnect {
+            peer,
+            fingerprint,
+            russh_config,
+            identity_publics,
         },
+    })
+}
+
+/// Opens an additional connection to the server of `reconnect`, which must
+/// present the same host key, and authenticates with the agent only: the
+/// master keeps no key or password after start-up, and asks nobody.
+pub async fn connect_again(
+    config: &HostConfig,
+    reconnect: &Reconnect,
+    remote_routes: Arc<RemoteRoutes>,
+) -> anyhow::Result<Upstream> {
+    let timeout = config.connect_timeout.unwrap_or(Duration::from_secs(30));
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(reconnect.peer))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to {}", reconnect.peer))?
+        .with_context(|| format!("cannot connect to {}", reconnect.peer))?
+        .into_std()?;
+    stream.set_nonblocking(false)?;
+    let check = HostKeyPolicy::Pinned {
+        fingerprint: reconnect.fingerprint.clone(),
+    };
+    let (mut handle, fingerprint, closed) = handshake(
+        config,
+        stream,
+        reconnect.peer,
+        check,
+        Arc::clone(&reconnect.russh_config),
+        remote_routes,
+    )
+    .await?;
+    super::auth::authenticate_with_agent(&mut handle, config, &reconnect.identity_publics).await?;
+    Ok(Upstream {
+        handle: Arc::new(handle),
+        closed,
+        host_key_fingerprint: fingerprint,
+        peer: reconnect.peer,
+        reconnect: reconnect.clone(),
+    })
+}
+
+/// The key exchange on a connected socket, with the host key judged by
+/// `check`. Returns the session handle, the accepted key's fingerprint and
+/// the watch that reports the connection's end.
+async fn handshake(
+    config: &HostConfig,
+    stream: TcpStream,
+    peer: SocketAddr,
+    check: HostKeyPolicy,
+    russh_config: Arc<client::Config>,
+    remote_routes: Arc<RemoteRoutes>,
+) -> anyhow::Result<(Handle<ClientHandler>, String, watch::Receiver<ClosedReason>)> {
+    stream.set_nodelay(true)?;
+    limit_unsent_bytes(&stream, UPSTREAM_NOTSENT_LOWAT);
+    stream.set_nonblocking(true)?;
+    // russh reads each packet with two small reads (length, then body);
+    // a read buffer turns a burst of packets into one system call.
+    let stream = tokio::io::BufReader::with_capacity(
+        UPSTREAM_READ_BUFFER,
+        tokio::net::TcpStream::from_std(stream)?,
+    );
+    let outcome = Arc::new(Mutex::new(None));
+    let (closed_tx, closed) = watch::channel(None);
+    let handler = ClientHandler {
+        host_key_check: check,
         host_key_outcome: Arc::clone(&outcome),
         closed: closed_tx,
         remote_routes,
     };
-
-    let russh_config = Arc::new(russh_config(config, &known));
     let handshake = client::connect_stream(russh_config, stream, handler);
     let handshake = match config.connect_timeout {
         Some(limit) => tokio::time::timeout(limit, handshake)
@@ -385,20 +509,12 @@ pub async fn connect(
         None => handshake.await,
     };
     let host_key_outcome = outcome.lock().expect("not poisoned").take();
-    let (mut handle, host_key_fingerprint) = match (handshake, host_key_outcome) {
+    match (handshake, host_key_outcome) {
         (_, Some(Err(explanation))) => bail!("{explanation}"),
-        (Ok(handle), Some(Ok(fingerprint))) => (handle, fingerprint),
+        (Ok(handle), Some(Ok(fingerprint))) => Ok((handle, fingerprint, closed)),
         (Ok(_), None) => bail!("the server never presented a host key"),
         (Err(e), _) => bail!("SSH handshake with {peer} failed: {e}"),
-    };
-
-    super::auth::authenticate(&mut handle, config).await?;
-    Ok(Upstream {
-        handle: Arc::new(handle),
-        closed,
-        host_key_fingerprint,
-        peer,
-    })
+    }
 }
 
 fn russh_config(config: &HostConfig, known: &known_hosts::KnownAlgorithms) -> client::Config {

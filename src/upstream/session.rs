@@ -96,11 +96,12 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         ));
     };
 
-    let channel = master
-        .upstream
-        .channel_open_session()
+    let opened = master
+        .overflow
+        .open_session(&master.upstream, &master.config)
         .await
-        .map_err(|e| SessionOpenError::Refused(e.to_string()))?;
+        .map_err(SessionOpenError::Refused)?;
+    let (channel, connection, _lease) = (opened.channel, opened.handle, opened.lease);
 
     // A duplicate of a terminal stdin, for modes now and window size later.
     let tty_fd: Option<OwnedFd> = if request.want_tty {
@@ -269,7 +270,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                         break SessionEnd::EscapeTerminated;
                     }
                     EscapeAction::Rekey => {
-                        let _ = master.upstream.rekey_soon().await;
+                        let _ = connection.rekey_soon().await;
                     }
                     EscapeAction::ListChannels => {
                         stderr_queue.push(Bytes::from(master.describe_sessions()));
