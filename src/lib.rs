@@ -13,6 +13,7 @@ pub mod mux;
 pub mod paths;
 pub mod policy_cmd;
 pub mod prompt;
+pub mod proxy;
 pub mod sandbox;
 pub mod spill;
 pub mod status;
