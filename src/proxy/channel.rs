@@ -447,12 +447,19 @@ async fn open(ctx: &Context, kind: &OpenKind) -> Result<russh::Channel<Msg>, (u3
             };
             allow_direct(ctx, &target).await?;
             upstream
-                .channel_open_direct_tcpip(host.as_str(), *port, originator.as_str(), *originator_port)
+                .channel_open_direct_tcpip(
+                    host.as_str(),
+                    *port,
+                    originator.as_str(),
+                    *originator_port,
+                )
                 .await
         }
         OpenKind::DirectStreamlocal { path } => {
             allow_direct(ctx, path).await?;
-            upstream.channel_open_direct_streamlocal(path.as_str()).await
+            upstream
+                .channel_open_direct_streamlocal(path.as_str())
+                .await
         }
         OpenKind::Other(kind) => {
             return Err((
@@ -563,8 +570,10 @@ async fn handle_request(
             upstream.set_env(want_reply, name, value).await
         }
         ChannelRequest::Shell | ChannelRequest::Exec { .. } | ChannelRequest::Subsystem { .. } => {
-            start_session(ctx, shared, upstream, recipient, want_reply, request, setup, started)
-                .await;
+            start_session(
+                ctx, shared, upstream, recipient, want_reply, request, setup, started,
+            )
+            .await;
             return;
         }
         ChannelRequest::WindowChange {
@@ -733,7 +742,10 @@ async fn read_upstream(
                 data.push_wait(bytes).await;
                 shared.pushed_data.fetch_add(n, Ordering::AcqRel);
             }
-            Some(ChannelMsg::ExtendedData { data: bytes, ext: 1 }) => {
+            Some(ChannelMsg::ExtendedData {
+                data: bytes,
+                ext: 1,
+            }) => {
                 let n = bytes.len() as u64;
                 shared.traffic.to_client.fetch_add(n, Ordering::Relaxed);
                 ext.push_wait(bytes).await;
@@ -918,11 +930,8 @@ mod tests {
             let window = ClientWindow::new(10, 0x8000);
             assert_eq!(window.take(100).await, Some(10));
             // Empty now: a take waits until the client grants more.
-            let waiting = tokio::time::timeout(
-                std::time::Duration::from_millis(50),
-                window.take(100),
-            )
-            .await;
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(50), window.take(100)).await;
             assert!(waiting.is_err(), "took window the client never granted");
             window.grant(5);
             assert_eq!(window.take(100).await, Some(5));

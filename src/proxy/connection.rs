@@ -321,7 +321,14 @@ impl Proxy {
     }
 
     /// Registers a channel and starts its tasks.
-    fn start(&mut self, id: u32, client_channel: u32, window: u32, max_packet: u32, upstream: Upstream) {
+    fn start(
+        &mut self,
+        id: u32,
+        client_channel: u32,
+        window: u32,
+        max_packet: u32,
+        upstream: Upstream,
+    ) {
         let (ops_tx, ops) = mpsc::unbounded_channel();
         let (cancel_tx, cancel) = oneshot::channel();
         let client_window = ClientWindow::new(window, max_packet);
@@ -359,7 +366,10 @@ impl Proxy {
                 state: State::Offered(_)
             })
         ) {
-            debug!(client = self.client(), "confirmation for channel {id}, which was not offered");
+            debug!(
+                client = self.client(),
+                "confirmation for channel {id}, which was not offered"
+            );
             return;
         }
         let Some(Entry {
@@ -369,7 +379,13 @@ impl Proxy {
             return;
         };
         let InboundOpen { channel, reply, .. } = *offer;
-        self.start(id, sender, window, max_packet, Upstream::Accepted { channel, reply });
+        self.start(
+            id,
+            sender,
+            window,
+            max_packet,
+            Upstream::Accepted { channel, reply },
+        );
     }
 
     fn event(&mut self, event: Event) {
@@ -434,7 +450,8 @@ impl Proxy {
                 {
                     Some(index) => {
                         let held = self.forwards.remove(index);
-                        self.cancel_forward(held, "cancelled by the proxy client").await;
+                        self.cancel_forward(held, "cancelled by the proxy client")
+                            .await;
                         ServerPacket::RequestSuccess { port: None }
                     }
                     None => ServerPacket::RequestFailure,
@@ -443,7 +460,10 @@ impl Proxy {
             GlobalRequest::Other(name) => {
                 // Never passed on: no-more-sessions@openssh.com, for one,
                 // would end sharing for every client of this master.
-                debug!(client = self.client(), "proxy global request {name} refused");
+                debug!(
+                    client = self.client(),
+                    "proxy global request {name} refused"
+                );
                 ServerPacket::RequestFailure
             }
         };
@@ -475,24 +495,44 @@ impl Proxy {
         let Ok(requested) = u16::try_from(port) else {
             return ServerPacket::RequestFailure;
         };
+        let route = |port: u16| Endpoint::Tcp {
+            host: address.clone(),
+            port,
+        };
+        // A fixed port is routed before the server is asked: it may deliver
+        // the first connection right behind its reply, before this task
+        // runs again. (With port 0 nobody knows the port before our reply.)
+        if requested != 0 {
+            master
+                .remote_routes
+                .add_proxy(route(requested), self.route.clone());
+        }
         let allocated = match master.upstream.tcpip_forward(address.as_str(), port).await {
             Ok(allocated) => allocated,
             Err(e) => {
-                warn!(client = self.client(), "{description}: refused by the server: {e}");
+                warn!(
+                    client = self.client(),
+                    "{description}: refused by the server: {e}"
+                );
+                if requested != 0 {
+                    master.remote_routes.remove(&route(requested));
+                }
                 return ServerPacket::RequestFailure;
             }
         };
         let bound = if requested == 0 { allocated } else { port };
-        let Ok(bound_port) = u16::try_from(bound) else {
-            return ServerPacket::RequestFailure;
-        };
-        master.remote_routes.add_proxy(
-            Endpoint::Tcp {
-                host: address.clone(),
-                port: bound_port,
-            },
-            self.route.clone(),
-        );
+        if requested == 0 {
+            let Ok(bound_port) = u16::try_from(bound) else {
+                let _ = master
+                    .upstream
+                    .cancel_tcpip_forward(address.as_str(), bound)
+                    .await;
+                return ServerPacket::RequestFailure;
+            };
+            master
+                .remote_routes
+                .add_proxy(route(bound_port), self.route.clone());
+        }
         let description = format!("remote forward {address}:{bound} -> proxy client");
         master
             .audit
@@ -534,7 +574,10 @@ impl Proxy {
                 spec: held.description.clone(),
                 reason: reason.to_string(),
             }));
-        info!(client = self.client(), "proxy {} closed: {reason}", held.description);
+        info!(
+            client = self.client(),
+            "proxy {} closed: {reason}", held.description
+        );
     }
 
     /// The client is gone (or the master stops): close what it left.

@@ -14,6 +14,9 @@ use bytes::Bytes;
 /// (OpenSSH's master has the same limit).
 pub const MAX_PACKET_LEN: usize = crate::mux::wire::MAX_PACKET_LEN;
 
+/// The shortest packet body OpenSSH's client accepts in proxy mode.
+const MIN_BODY_LEN: usize = 5;
+
 /// Message numbers of RFC 4254.
 pub mod msg {
     pub const GLOBAL_REQUEST: u8 = 80;
@@ -66,8 +69,14 @@ pub enum PacketError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GlobalRequest {
     /// `-R`: listen on the server side.
-    TcpipForward { address: String, port: u32 },
-    CancelTcpipForward { address: String, port: u32 },
+    TcpipForward {
+        address: String,
+        port: u32,
+    },
+    CancelTcpipForward {
+        address: String,
+        port: u32,
+    },
     /// Anything else (no-more-sessions@openssh.com, keepalive@openssh.com,
     /// hostkeys-prove, streamlocal forwards...): refused or ignored, never
     /// passed on, since it would act on the connection every client shares.
@@ -587,6 +596,16 @@ impl Writer {
     }
 
     fn finish(mut self) -> Vec<u8> {
+        // OpenSSH's client rejects a proxy packet shorter than 5 bytes
+        // ("incomplete message"), and REQUEST_SUCCESS/FAILURE without a
+        // port are 2. It skips the padding-length byte without using it,
+        // so the padding reaches the message handlers as trailing payload;
+        // the handlers of these two messages read nothing after the type.
+        let short = MIN_BODY_LEN.saturating_sub(self.buf.len() - 4);
+        if short > 0 {
+            self.buf[4] = short as u8;
+            self.buf.extend(std::iter::repeat_n(0, short));
+        }
         let len = u32::try_from(self.buf.len() - 4).expect("packets are far below 4 GiB");
         self.buf[..4].copy_from_slice(&len.to_be_bytes());
         self.buf
@@ -671,12 +690,12 @@ impl ServerPacket {
             ServerPacket::Close { recipient } => {
                 Writer::new(msg::CHANNEL_CLOSE, 4).u32(*recipient).finish()
             }
-            ServerPacket::Success { recipient } => {
-                Writer::new(msg::CHANNEL_SUCCESS, 4).u32(*recipient).finish()
-            }
-            ServerPacket::Failure { recipient } => {
-                Writer::new(msg::CHANNEL_FAILURE, 4).u32(*recipient).finish()
-            }
+            ServerPacket::Success { recipient } => Writer::new(msg::CHANNEL_SUCCESS, 4)
+                .u32(*recipient)
+                .finish(),
+            ServerPacket::Failure { recipient } => Writer::new(msg::CHANNEL_FAILURE, 4)
+                .u32(*recipient)
+                .finish(),
             ServerPacket::Request { recipient, request } => {
                 let w = Writer::new(msg::CHANNEL_REQUEST, 32).u32(*recipient);
                 match request {
@@ -823,7 +842,10 @@ mod tests {
 
     #[test]
     fn malformed_packets_are_errors() {
-        assert_eq!(check_length(300 * 1024), Err(PacketError::TooLong(300 * 1024)));
+        assert_eq!(
+            check_length(300 * 1024),
+            Err(PacketError::TooLong(300 * 1024))
+        );
         assert_eq!(check_length(1), Err(PacketError::TooShort));
         assert_eq!(decode(&[0]), Err(PacketError::TooShort));
         // Transport and authentication messages have no place here.
@@ -835,7 +857,10 @@ mod tests {
             decode(&body(50, &[], 0)),
             Err(PacketError::NotConnectionLayer(50))
         );
-        assert_eq!(decode(&body(120, &[], 0)), Err(PacketError::UnknownType(120)));
+        assert_eq!(
+            decode(&body(120, &[], 0)),
+            Err(PacketError::UnknownType(120))
+        );
         // A data string claiming more than is there.
         let mut fields = 1u32.to_be_bytes().to_vec();
         fields.extend(100u32.to_be_bytes());
@@ -876,7 +901,24 @@ mod tests {
         .encode();
         assert_eq!(
             data,
-            [0, 0, 0, 12, 0, msg::CHANNEL_DATA, 0, 0, 0, 2, 0, 0, 0, 2, b'h', b'i']
+            [
+                0,
+                0,
+                0,
+                12,
+                0,
+                msg::CHANNEL_DATA,
+                0,
+                0,
+                0,
+                2,
+                0,
+                0,
+                0,
+                2,
+                b'h',
+                b'i'
+            ]
         );
         let confirmation = ServerPacket::OpenConfirmation {
             recipient: 0,
@@ -887,6 +929,11 @@ mod tests {
         .encode();
         assert_eq!(confirmation.len(), 4 + 2 + 16);
         assert_eq!(confirmation[5], msg::CHANNEL_OPEN_CONFIRMATION);
+        // Too short for the client: padded to 5 bytes.
+        assert_eq!(
+            ServerPacket::RequestFailure.encode(),
+            [0, 0, 0, 5, 3, msg::REQUEST_FAILURE, 0, 0, 0]
+        );
         assert_eq!(
             ServerPacket::RequestSuccess { port: Some(4000) }.encode(),
             [0, 0, 0, 6, 0, msg::REQUEST_SUCCESS, 0, 0, 0x0f, 0xa0]
