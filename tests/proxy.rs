@@ -530,3 +530,79 @@ fn read_ssh_packet(raw: &mut RawClient) -> Vec<u8> {
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
+
+/// A proxy client killed in the middle of a session: the master closes the
+/// channel upstream (the remote command sees its input end), records the
+/// session's end, and serves on.
+#[test]
+fn killed_client_closes_its_channels() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = start(&env, MasterKind::Muxguard, ALLOW_PROXY);
+    let pid_file = env.path().join("remote.pid");
+    // The remote side prints its pid, then waits on its input: it ends
+    // only when the channel is closed.
+    let remote = format!("echo $$ > {}; exec cat", pid_file.display());
+    let mut client = ChildGuard::spawn(
+        {
+            let mut cmd = proxy(&env, &[], Some(&remote));
+            cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+            cmd
+        },
+        "ssh -O proxy cat",
+    );
+    wait_for("the remote command to start", Duration::from_secs(20), || {
+        read_lossy(&pid_file).ends_with('\n')
+    });
+    let remote_pid: u32 = read_lossy(&pid_file).trim().parse().expect("a pid");
+    assert!(common::process::is_alive(remote_pid));
+    client.kill();
+    wait_for(
+        "the remote command to end with its channel",
+        Duration::from_secs(20),
+        || !common::process::is_alive(remote_pid),
+    );
+    wait_for("the session's end in the audit log", Duration::from_secs(20), || {
+        records(&audit_log(&env))
+            .iter()
+            .any(|r| r["event"] == "session_close")
+    });
+    assert_master_serves(&env);
+}
+
+/// A proxy client that stops reading its output holds up only itself:
+/// another client's session through the same master answers at once.
+#[test]
+fn stalled_proxy_client_does_not_stall_others() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = start(&env, MasterKind::Muxguard, ALLOW_PROXY);
+    // Its stdout is a pipe nobody reads: the client's window closes after
+    // a few MiB and the rest waits in the master (memory, then disk).
+    let mut stalled = ChildGuard::spawn(
+        {
+            let mut cmd = proxy(&env, &[], Some("head -c 64M /dev/zero; sleep 60"));
+            cmd.stdout(Stdio::piped());
+            cmd
+        },
+        "stalled ssh -O proxy",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(stalled.try_status().is_none(), "the stalled client exited");
+    let started = std::time::Instant::now();
+    let out = run(&mut env.ssh_cmd("echo prompt"));
+    out.assert_success("a session beside the stalled proxy client");
+    assert_eq!(out.stdout, "prompt\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the session took {:?} beside a stalled proxy client",
+        started.elapsed()
+    );
+    let out = run(&mut proxy(&env, &[], Some("echo proxied")));
+    assert_eq!(out.stdout, "proxied\n", "{out:#?}");
+    drop(stalled);
+}

@@ -149,33 +149,39 @@ impl ClientWindow {
 
 /// Replies to the client's channel requests, which must come back in the
 /// order of the requests, whether the server or we ourselves answer them.
+/// They go through the channel writer's queue, which never makes the
+/// sender wait: the upstream reader answers from here, and it must never
+/// wait on the client.
 struct Replies {
-    slots: tokio::sync::Mutex<VecDeque<Option<bool>>>,
+    slots: Mutex<VecDeque<Option<bool>>>,
+    writer: mpsc::UnboundedSender<Marked>,
+    recipient: u32,
 }
 
 impl Replies {
     /// A request went upstream with want_reply.
-    async fn expect(&self) {
-        self.slots.lock().await.push_back(None);
+    fn expect(&self) {
+        self.slots.lock().expect("not poisoned").push_back(None);
     }
 
     /// The server answered the oldest request it has not answered yet.
-    async fn answered(&self, ok: bool, ctx: &Context, recipient: u32) {
-        let mut slots = self.slots.lock().await;
+    fn answered(&self, ok: bool) {
+        let mut slots = self.slots.lock().expect("not poisoned");
         if let Some(slot) = slots.iter_mut().find(|s| s.is_none()) {
             *slot = Some(ok);
         }
-        Self::flush(&mut slots, ctx, recipient).await;
+        self.flush(&mut slots);
     }
 
     /// We answer a request ourselves (refused, or not supported).
-    async fn local(&self, ok: bool, ctx: &Context, recipient: u32) {
-        let mut slots = self.slots.lock().await;
+    fn local(&self, ok: bool) {
+        let mut slots = self.slots.lock().expect("not poisoned");
         slots.push_back(Some(ok));
-        Self::flush(&mut slots, ctx, recipient).await;
+        self.flush(&mut slots);
     }
 
-    async fn flush(slots: &mut VecDeque<Option<bool>>, ctx: &Context, recipient: u32) {
+    fn flush(&self, slots: &mut VecDeque<Option<bool>>) {
+        let recipient = self.recipient;
         while let Some(Some(ok)) = slots.front().copied() {
             slots.pop_front();
             let packet = if ok {
@@ -183,9 +189,12 @@ impl Replies {
             } else {
                 ServerPacket::Failure { recipient }
             };
-            if !ctx.send(packet).await {
-                return;
-            }
+            // Marks of zero: a reply need not wait for output.
+            let _ = self.writer.send(Marked {
+                data: 0,
+                ext: 0,
+                packet,
+            });
         }
     }
 }
@@ -297,26 +306,27 @@ pub async fn run(start: ChannelStart) {
     };
 
     let (upstream_rx, upstream_tx) = channel.split();
+    let (marked_tx, marked_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         pushed_data: AtomicU64::new(0),
         pushed_ext: AtomicU64::new(0),
         traffic: Arc::new(Traffic::default()),
         exit: Mutex::new(None),
         replies: Replies {
-            slots: tokio::sync::Mutex::new(VecDeque::new()),
+            slots: Mutex::new(VecDeque::new()),
+            writer: marked_tx.clone(),
+            recipient: client_channel,
         },
     });
     let name = format!("proxy client {client} channel {id}");
     let data = SpillBuffer::new(Arc::clone(&master.spill_limits), format!("{name} output"));
     let ext = SpillBuffer::new(Arc::clone(&master.spill_limits), format!("{name} stderr"));
-    let (marked_tx, marked_rx) = mpsc::unbounded_channel();
     tokio::spawn(read_upstream(
         upstream_rx,
         Arc::clone(&data),
         Arc::clone(&ext),
         marked_tx,
         Arc::clone(&shared),
-        Arc::clone(&ctx),
         client_channel,
     ));
     tokio::spawn(write_client(
@@ -374,7 +384,6 @@ pub async fn run(start: ChannelStart) {
                         &ctx,
                         &shared,
                         &upstream_tx,
-                        client_channel,
                         is_session,
                         want_reply,
                         request,
@@ -515,7 +524,6 @@ async fn handle_request(
     ctx: &Context,
     shared: &Shared,
     upstream: &russh::ChannelWriteHalf<Msg>,
-    recipient: u32,
     is_session: bool,
     want_reply: bool,
     request: ChannelRequest,
@@ -535,7 +543,7 @@ async fn handle_request(
     );
     if session_setup && (!is_session || started.is_some()) {
         if want_reply {
-            replies.local(false, ctx, recipient).await;
+            replies.local(false);
         }
         return;
     }
@@ -552,7 +560,7 @@ async fn handle_request(
         } => {
             setup.tty = true;
             if want_reply {
-                replies.expect().await;
+                replies.expect();
             }
             let modes: Vec<(Pty, u32)> = super::packet::decode_modes(&modes)
                 .into_iter()
@@ -565,15 +573,12 @@ async fn handle_request(
         ChannelRequest::Env { name, value } => {
             setup.env.push(audit::EnvName::from_var(&name));
             if want_reply {
-                replies.expect().await;
+                replies.expect();
             }
             upstream.set_env(want_reply, name, value).await
         }
         ChannelRequest::Shell | ChannelRequest::Exec { .. } | ChannelRequest::Subsystem { .. } => {
-            start_session(
-                ctx, shared, upstream, recipient, want_reply, request, setup, started,
-            )
-            .await;
+            start_session(ctx, shared, upstream, want_reply, request, setup, started).await;
             return;
         }
         ChannelRequest::WindowChange {
@@ -585,14 +590,14 @@ async fn handle_request(
             // russh sends these without want_reply, so any answer is ours.
             let sent = upstream.window_change(cols, rows, width, height).await;
             if want_reply {
-                replies.local(sent.is_ok(), ctx, recipient).await;
+                replies.local(sent.is_ok());
             }
             return;
         }
         ChannelRequest::Signal { name } => {
             let sent = upstream.signal(signal_from_name(&name)).await;
             if want_reply {
-                replies.local(sent.is_ok(), ctx, recipient).await;
+                replies.local(sent.is_ok());
             }
             return;
         }
@@ -601,14 +606,14 @@ async fn handle_request(
             // (x11-req, auth-agent-req@openssh.com, break) russh cannot
             // send or we would have nowhere to route their channels.
             if want_reply {
-                replies.local(false, ctx, recipient).await;
+                replies.local(false);
             }
             return;
         }
     };
     if sent.is_err() && want_reply {
         // The channel is gone upstream; no reply will come from there.
-        replies.answered(false, ctx, recipient).await;
+        replies.answered(false);
     }
 }
 
@@ -618,7 +623,6 @@ async fn start_session(
     ctx: &Context,
     shared: &Shared,
     upstream: &russh::ChannelWriteHalf<Msg>,
-    recipient: u32,
     want_reply: bool,
     request: ChannelRequest,
     setup: &SessionSetup,
@@ -671,7 +675,7 @@ async fn start_session(
             outcome.reason()
         );
         if want_reply {
-            shared.replies.local(false, ctx, recipient).await;
+            shared.replies.local(false);
         } else {
             // Nobody would hear a refusal: end the channel instead.
             let _ = upstream.close().await;
@@ -706,7 +710,7 @@ async fn start_session(
         _guard: guard,
     });
     if want_reply {
-        shared.replies.expect().await;
+        shared.replies.expect();
     }
     let sent = match request {
         ChannelRequest::Shell => upstream.request_shell(want_reply).await,
@@ -715,7 +719,7 @@ async fn start_session(
         _ => Ok(()),
     };
     if sent.is_err() && want_reply {
-        shared.replies.answered(false, ctx, recipient).await;
+        shared.replies.answered(false);
     }
 }
 
@@ -726,7 +730,6 @@ async fn read_upstream(
     ext: Arc<SpillBuffer>,
     marked: mpsc::UnboundedSender<Marked>,
     shared: Arc<Shared>,
-    ctx: Arc<Context>,
     recipient: u32,
 ) {
     let mark = |packet: ServerPacket| Marked {
@@ -780,8 +783,8 @@ async fn read_upstream(
                     },
                 }));
             }
-            Some(ChannelMsg::Success) => shared.replies.answered(true, &ctx, recipient).await,
-            Some(ChannelMsg::Failure) => shared.replies.answered(false, &ctx, recipient).await,
+            Some(ChannelMsg::Success) => shared.replies.answered(true),
+            Some(ChannelMsg::Failure) => shared.replies.answered(false),
             Some(ChannelMsg::Close) | None => {
                 // None: the connection itself is gone; the client still
                 // gets a CLOSE so that it can finish.

@@ -95,6 +95,13 @@ pub(crate) async fn serve(
     });
     let _writer = AbortOnDrop(writer.abort_handle());
 
+    // The connection itself is listed (status, `~#`) and keeps a master
+    // with a persistence timeout alive, even with no session open: its
+    // forwards are in use.
+    let _listed = master.register_session(
+        master.next_session_id(),
+        format!("proxy client by {}", requester.peer.describe_chain()),
+    );
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         master: Arc::clone(&master),
