@@ -553,9 +553,11 @@ fn killed_client_closes_its_channels() {
         },
         "ssh -O proxy cat",
     );
-    wait_for("the remote command to start", Duration::from_secs(20), || {
-        read_lossy(&pid_file).ends_with('\n')
-    });
+    wait_for(
+        "the remote command to start",
+        Duration::from_secs(20),
+        || read_lossy(&pid_file).ends_with('\n'),
+    );
     let remote_pid: u32 = read_lossy(&pid_file).trim().parse().expect("a pid");
     assert!(common::process::is_alive(remote_pid));
     client.kill();
@@ -564,11 +566,15 @@ fn killed_client_closes_its_channels() {
         Duration::from_secs(20),
         || !common::process::is_alive(remote_pid),
     );
-    wait_for("the session's end in the audit log", Duration::from_secs(20), || {
-        records(&audit_log(&env))
-            .iter()
-            .any(|r| r["event"] == "session_close")
-    });
+    wait_for(
+        "the session's end in the audit log",
+        Duration::from_secs(20),
+        || {
+            records(&audit_log(&env))
+                .iter()
+                .any(|r| r["event"] == "session_close")
+        },
+    );
     assert_master_serves(&env);
 }
 
