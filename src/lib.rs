@@ -14,6 +14,7 @@ pub mod mux;
 pub mod paths;
 pub mod policy_cmd;
 pub mod prompt;
+pub mod proxy;
 pub mod sandbox;
 pub mod sandbox_cmd;
 pub mod spill;

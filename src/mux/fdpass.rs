@@ -32,6 +32,8 @@ pub enum ReadError {
     MissingFds,
     #[error("read error: {0}")]
     Io(#[from] io::Error),
+    #[error("malformed proxy packet: {0}")]
+    Proxy(#[from] crate::proxy::packet::PacketError),
 }
 
 /// At most this many descriptors are accepted with any one byte; more than a
@@ -62,6 +64,24 @@ impl ControlReader {
             Err(e) => return Err(e),
         }
         let len = wire::check_length(u32::from_be_bytes(len))?;
+        let mut body = vec![0u8; len];
+        match self.read_exact(&mut body).await {
+            Err(ReadError::Closed) => Err(ReadError::TruncatedPacket),
+            other => other.map(|()| Some(body)),
+        }
+    }
+
+    /// Reads one SSH packet body of a proxy client (padding length, type,
+    /// payload, padding). The framing is a uint32 length as for mux
+    /// packets; only the limits differ. `Ok(None)`: clean end of stream.
+    pub async fn read_proxy_packet(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        let mut len = [0u8; 4];
+        match self.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(ReadError::Closed) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = crate::proxy::packet::check_length(u32::from_be_bytes(len))?;
         let mut body = vec![0u8; len];
         match self.read_exact(&mut body).await {
             Err(ReadError::Closed) => Err(ReadError::TruncatedPacket),
@@ -160,7 +180,11 @@ impl ControlWriter {
     }
 
     pub async fn send(&self, message: &ServerMessage) -> io::Result<()> {
-        let bytes = message.encode();
+        self.send_raw(&message.encode()).await
+    }
+
+    /// Writes bytes that are already framed (proxy-mode SSH packets).
+    pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
         let mut written = 0;
         while written < bytes.len() {
             let n = self

@@ -56,11 +56,11 @@ pub async fn serve_connection(
                 .map(|c| c.display().to_string()),
             tty: peer.chain.first().and_then(|p| p.tty.clone()),
         }));
-    let requester = Requester {
+    let requester = Arc::new(Requester {
         peer,
         identity,
         client_id,
-    };
+    });
     let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);
@@ -91,20 +91,22 @@ enum CloseReason {
     SecondHello,
     #[error("write failed: {0}")]
     Write(#[from] std::io::Error),
+    #[error("{0}")]
+    Proxy(crate::proxy::ProxyError),
 }
 
 /// Who is on this control connection.
-struct Requester {
-    peer: Peer,
+pub(crate) struct Requester {
+    pub(crate) peer: Peer,
     identity: PeerIdentity,
-    client_id: u64,
+    pub(crate) client_id: u64,
 }
 
 impl Requester {
     /// The policy's answer for one request, logged with what decided it,
     /// and audited: the decision is on disk before anything it allows
     /// happens, or the request is refused (unless `audit_failure = allow`).
-    async fn decide(
+    pub(crate) async fn decide(
         &self,
         master: &MasterState,
         kind: RequestKind,
@@ -261,7 +263,7 @@ async fn serve(
     reader: &mut ControlReader,
     writer: &ControlWriter,
     master: &Arc<MasterState>,
-    requester: &Requester,
+    requester: &Arc<Requester>,
 ) -> Result<(), CloseReason> {
     let client_id = requester.client_id;
     // Our HELLO goes first, before reading anything: the client also writes
@@ -611,22 +613,36 @@ async fn serve(
             }
             ClientMessage::Proxy { rid } => {
                 // A proxy client speaks raw SSH connection-protocol packets
-                // and can open any channel or global request it likes, past
-                // every per-request decision this master makes. So it is a
-                // decision of its own that only a rule naming the kind
-                // "proxy" can allow.
+                // and can open any channel or global request it likes: the
+                // protocol has no room for a per-request answer a client
+                // would expect. So entering proxy mode is a decision of its
+                // own that only a rule naming the kind "proxy" can allow;
+                // inside, the translation layer still decides and audits
+                // each exec/shell/subsystem, channel open and forward.
                 let outcome = requester
                     .decide(master, RequestKind::Proxy, None, audit::RequestKind::Proxy)
                     .await
                     .0;
-                let reply = match outcome {
-                    Outcome::Allow { .. } => ServerMessage::Failure {
-                        rid,
-                        reason: "proxy mode is not supported by this master".into(),
-                    },
-                    refused => refusal(rid, &refused),
+                if !matches!(outcome, Outcome::Allow { .. }) {
+                    writer.send(&refusal(rid, &outcome)).await?;
+                    continue;
+                }
+                writer.send(&ServerMessage::Proxy { rid }).await?;
+                info!(client = client_id, "proxy mode");
+                // The connection speaks SSH packets from now on; it ends
+                // with the proxy.
+                return match crate::proxy::serve(
+                    reader,
+                    writer.clone(),
+                    Arc::clone(master),
+                    Arc::clone(requester),
+                )
+                .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(crate::proxy::ProxyError::Read(e)) => Err(e.into()),
+                    Err(e) => Err(CloseReason::Proxy(e)),
                 };
-                writer.send(&reply).await?;
             }
             ClientMessage::ExtInfo { rid, name } => {
                 let (supported, text) = match name.as_str() {

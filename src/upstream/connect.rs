@@ -123,19 +123,13 @@ impl client::Handler for ClientHandler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let target = self
-            .remote_routes
-            .tcp_target(connected_address, connected_port);
-        let description = format!(
-            "remote forward connection {connected_address}:{connected_port} from {originator_address}:{originator_port}"
-        );
-        forward::accept_remote_connection(
+        self.remote_routes.route_forwarded_tcpip(
             channel,
             reply,
-            target,
-            description,
-            format!("{originator_address}:{originator_port}"),
-            Arc::clone(&self.remote_routes),
+            connected_address,
+            connected_port,
+            originator_address,
+            originator_port,
         );
         Ok(())
     }

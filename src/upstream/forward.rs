@@ -210,12 +210,38 @@ pub struct RemoteRoutes {
     pub audit: std::sync::OnceLock<Arc<Recorder>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct RemoteRoute {
     /// The listen side as the server knows it: port (allocated if 0 was
     /// asked for) or socket path.
     listen: Endpoint,
-    target: Endpoint,
+    target: RouteTarget,
+}
+
+/// Where a remote forward's connections go.
+#[derive(Clone)]
+enum RouteTarget {
+    /// A forward of the master (`-R` via OPEN_FWD): connect locally.
+    Local(Endpoint),
+    /// A forward a `-O proxy` client asked for with its own tcpip-forward:
+    /// the channel is offered to that client, which connects itself.
+    Proxy(ProxyRoute),
+}
+
+/// The way to a proxy client's connection task, for the server-opened
+/// channels of the forwards it asked for.
+#[derive(Clone)]
+pub struct ProxyRoute(pub tokio::sync::mpsc::UnboundedSender<InboundOpen>);
+
+/// A `forwarded-tcpip` channel the server opened on a proxy client's
+/// forward, not yet accepted: the client decides.
+pub struct InboundOpen {
+    pub channel: russh::Channel<Msg>,
+    pub reply: russh::client::ChannelOpenHandle,
+    pub address: String,
+    pub port: u32,
+    pub originator: String,
+    pub originator_port: u32,
 }
 
 impl RemoteRoutes {
@@ -237,13 +263,21 @@ impl RemoteRoutes {
     }
 
     fn add(&self, listen: Endpoint, target: Endpoint) {
-        self.routes
-            .lock()
-            .expect("not poisoned")
-            .push(RemoteRoute { listen, target });
+        self.routes.lock().expect("not poisoned").push(RemoteRoute {
+            listen,
+            target: RouteTarget::Local(target),
+        });
     }
 
-    fn remove(&self, listen: &Endpoint) {
+    /// Routes a proxy client's remote forward to that client.
+    pub fn add_proxy(&self, listen: Endpoint, route: ProxyRoute) {
+        self.routes.lock().expect("not poisoned").push(RemoteRoute {
+            listen,
+            target: RouteTarget::Proxy(route),
+        });
+    }
+
+    pub fn remove(&self, listen: &Endpoint) {
         self.routes
             .lock()
             .expect("not poisoned")
@@ -254,6 +288,60 @@ impl RemoteRoutes {
     /// address as it bound it, which may differ in spelling from what we
     /// asked, so the port decides unless several forwards share it.
     pub fn tcp_target(&self, address: &str, port: u32) -> Option<Endpoint> {
+        match self.tcp_route(address, port)? {
+            RouteTarget::Local(target) => Some(target),
+            RouteTarget::Proxy(_) => None,
+        }
+    }
+
+    /// Delivers a `forwarded-tcpip` channel: to the proxy client whose
+    /// forward it arrived on, or to the local target of a master forward
+    /// (refused when no forward matches). Never waits: it runs inside
+    /// russh's session loop.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_forwarded_tcpip(
+        self: &Arc<Self>,
+        channel: russh::Channel<Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        address: &str,
+        port: u32,
+        originator: &str,
+        originator_port: u32,
+    ) {
+        let description = format!(
+            "remote forward connection {address}:{port} from {originator}:{originator_port}"
+        );
+        let target = match self.tcp_route(address, port) {
+            Some(RouteTarget::Proxy(route)) => {
+                let offered = route.0.send(InboundOpen {
+                    channel,
+                    reply,
+                    address: address.to_string(),
+                    port,
+                    originator: originator.to_string(),
+                    originator_port,
+                });
+                if offered.is_err() {
+                    // The client is gone; dropping the handle refuses the
+                    // channel.
+                    debug!("{description}: its proxy client has gone");
+                }
+                return;
+            }
+            Some(RouteTarget::Local(target)) => Some(target),
+            None => None,
+        };
+        accept_remote_connection(
+            channel,
+            reply,
+            target,
+            description,
+            format!("{originator}:{originator_port}"),
+            Arc::clone(self),
+        );
+    }
+
+    fn tcp_route(&self, address: &str, port: u32) -> Option<RouteTarget> {
         let routes = self.routes.lock().expect("not poisoned");
         let on_port: Vec<&RemoteRoute> = routes
             .iter()
@@ -274,7 +362,11 @@ impl RemoteRoutes {
         routes
             .iter()
             .find(|r| matches!(&r.listen, Endpoint::Unix { path: p } if p == path))
-            .map(|r| r.target.clone())
+            .and_then(|r| match &r.target {
+                RouteTarget::Local(target) => Some(target.clone()),
+                // Proxy clients cannot ask for streamlocal forwards.
+                RouteTarget::Proxy(_) => None,
+            })
     }
 }
 
