@@ -427,6 +427,7 @@ impl Proxy {
             .record(audit::Event::ForwardConnection(audit::ForwardConnection {
                 spec,
                 peer: format!("{}:{}", offer.originator, offer.originator_port),
+                error: None,
             }));
         self.send(ServerPacket::OpenForwardedTcpip {
             sender: id,
