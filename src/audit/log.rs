@@ -95,6 +95,12 @@ impl AuditLog {
         self.write_record(&event, Durability::Synced, write_once)
     }
 
+    /// A second descriptor for the file, to `fdatasync` it without holding
+    /// the log (see [`sync`]).
+    pub fn sync_handle(&self) -> io::Result<OwnedFd> {
+        self.file.try_clone()
+    }
+
     /// This master's stream id.
     /// The last record written, as its exact line (no newline).
     pub fn last_line(&self) -> &[u8] {
@@ -190,6 +196,11 @@ fn write_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
 
 /// Retries a call interrupted by a signal before it did anything: for
 /// `write` to a regular file, `EINTR` means no byte was written.
+/// Waits until everything written to the log file so far is on disk.
+pub fn sync(file: &OwnedFd) -> io::Result<()> {
+    retry_interrupted(|| rustix::fs::fdatasync(file).map_err(io::Error::from))
+}
+
 fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match call() {

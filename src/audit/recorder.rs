@@ -7,6 +7,8 @@
 //! unless the policy says `audit_failure = "allow"`. Other records are best
 //! effort and a failure is logged.
 
+use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +23,9 @@ pub struct Recorder {
     journal: Option<Arc<Journal>>,
     /// `Err` keeps why the log could not be opened, for every refusal.
     log: Arc<Mutex<Result<AuditLog, String>>>,
+    /// The file again, for `fdatasync` without holding `log` (which the
+    /// event loop takes for every record).
+    sync_fd: Option<Arc<OwnedFd>>,
 }
 
 impl Recorder {
@@ -35,10 +40,16 @@ impl Recorder {
         if let (Some(journal), Ok(log)) = (&journal, &log) {
             journal.send(&String::from_utf8_lossy(log.last_line()));
         }
+        let sync_fd = log
+            .as_ref()
+            .ok()
+            .and_then(|l| l.sync_handle().ok())
+            .map(Arc::new);
         Recorder {
             path: path.to_path_buf(),
             journal,
             log: Arc::new(Mutex::new(log)),
+            sync_fd,
         }
     }
 
@@ -57,31 +68,40 @@ impl Recorder {
         }
     }
 
-    /// A record that must be on disk before we go on (decisions). Runs the
-    /// write and fsync off the event loop.
+    /// A record that must be on disk before we go on (decisions).
     pub async fn record_durable(&self, event: Event) -> Result<(), String> {
-        let log = Arc::clone(&self.log);
+        self.record_then_sync(event)?.await
+    }
+
+    /// Appends `event` now, in order with every other record, and returns
+    /// the wait for it to reach the disk (an `fdatasync` off the event
+    /// loop), so that the caller can do preparatory work meanwhile and
+    /// await it before what the record allows. `Err` if it could not even
+    /// be written.
+    pub fn record_then_sync(
+        &self,
+        event: Event,
+    ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, String> {
+        let cannot =
+            |e: std::io::Error| format!("cannot write audit log {}: {e}", self.path.display());
+        {
+            let mut log = self.log.lock().expect("not poisoned");
+            let log = log.as_mut().map_err(|e| e.clone())?;
+            log.append(&event).map_err(cannot)?;
+            self.copy_to_journal(log);
+        }
+        let sync_fd = self.sync_fd.clone();
         let path = self.path.clone();
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut log = log.lock().expect("not poisoned");
-            match log.as_mut() {
-                Ok(log) => {
-                    let written = log
-                        .append_durable(&event)
-                        .map_err(|e| format!("cannot write audit log {}: {e}", path.display()));
-                    if written.is_ok()
-                        && let Some(journal) = &journal
-                    {
-                        journal.send(&String::from_utf8_lossy(log.last_line()));
-                    }
-                    written
-                }
-                Err(e) => Err(e.clone()),
-            }
+        let synced = tokio::task::spawn_blocking(move || match sync_fd {
+            Some(fd) => super::log::sync(&fd)
+                .map_err(|e| format!("cannot write audit log {}: {e}", path.display())),
+            None => Err(format!("audit log {} is not open", path.display())),
+        });
+        Ok(async move {
+            synced
+                .await
+                .unwrap_or_else(|e| Err(format!("audit writer failed: {e}")))
         })
-        .await
-        .unwrap_or_else(|e| Err(format!("audit writer failed: {e}")))
     }
 
     fn copy_to_journal(&self, log: &AuditLog) {

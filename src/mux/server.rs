@@ -80,7 +80,7 @@ pub async fn serve_connection(
 
 /// Why a control connection was closed by us.
 #[derive(Debug, thiserror::Error)]
-enum CloseReason {
+pub(crate) enum CloseReason {
     #[error("{0}")]
     Read(#[from] ReadError),
     #[error("first message was {0}, not HELLO")]
@@ -127,6 +127,26 @@ impl Requester {
         asked: &Asked<'_>,
         audited: audit::RequestKind,
     ) -> (Outcome, u64) {
+        let (outcome, request, synced) = self.decide_deferred(master, asked, audited).await;
+        let outcome = match synced {
+            Some(synced) => settle(master, outcome, synced.await),
+            None => outcome,
+        };
+        self.log_outcome(asked, &outcome);
+        (outcome, request)
+    }
+
+    /// Decides, and appends the decision record. For an allowed request the
+    /// record's sync to disk is returned to be awaited before what it allows
+    /// starts (sessions open their channel meanwhile); otherwise it has
+    /// already been awaited and applied: an unwritable log turns the
+    /// outcome into a denial unless the policy says `audit_failure = allow`.
+    async fn decide_deferred(
+        &self,
+        master: &MasterState,
+        asked: &Asked<'_>,
+        audited: audit::RequestKind,
+    ) -> (Outcome, u64, Option<DecisionSync>) {
         let request = master.next_request_id();
         master.audit.record(audit::Event::Request(audit::Request {
             client: self.client_id,
@@ -145,7 +165,7 @@ impl Requester {
             },
         )
         .await;
-        let mut outcome = decided.outcome;
+        let outcome = decided.outcome;
         let action = match &outcome {
             Outcome::Allow { .. } => audit::Action::Allow,
             Outcome::Direct { .. } => audit::Action::Direct,
@@ -159,19 +179,21 @@ impl Requester {
             decided_by: outcome.reason().to_string(),
             rule: decided.rule,
         });
-        if let Err(e) = master.audit.record_durable(record).await
-            && !matches!(outcome, Outcome::Deny { .. })
-            && master.audit_failure_denies()
-        {
-            outcome = Outcome::Deny {
-                reason: format!("{e}; the policy fails closed (audit_failure = deny)"),
-            };
+        match master.audit.record_then_sync(record) {
+            Err(e) => (settle(master, outcome, Err(e)), request, None),
+            Ok(synced) if matches!(outcome, Outcome::Allow { .. }) => {
+                (outcome, request, Some(Box::pin(synced)))
+            }
+            Ok(synced) => (settle(master, outcome, synced.await), request, None),
         }
+    }
+
+    fn log_outcome(&self, asked: &Asked<'_>, outcome: &Outcome) {
         let what = match asked.command {
             Some(command) => format!("{} {command:?}", asked.kind),
             None => asked.kind.to_string(),
         };
-        match &outcome {
+        match outcome {
             Outcome::Allow { reason } => {
                 info!(
                     client = self.client_id,
@@ -191,7 +213,31 @@ impl Requester {
                 )
             }
         }
-        (outcome, request)
+    }
+}
+
+/// The wait for a decision record to reach the disk.
+pub(crate) type DecisionSync =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Applies the fate of a decision's record to its outcome: a decision that
+/// could not be recorded allows nothing when the policy fails closed.
+pub(crate) fn settle(
+    master: &MasterState,
+    outcome: Outcome,
+    recorded: Result<(), String>,
+) -> Outcome {
+    match recorded {
+        Err(e) if !matches!(outcome, Outcome::Deny { .. }) && master.audit_failure_denies() => {
+            Outcome::Deny {
+                reason: format!("{e}; the policy fails closed (audit_failure = deny)"),
+            }
+        }
+        Err(e) => {
+            warn!("{e}; going on as the policy says (audit_failure = allow)");
+            outcome
+        }
+        Ok(()) => outcome,
     }
 }
 
@@ -334,10 +380,17 @@ async fn serve(
                 } else {
                     RequestKind::Exec
                 };
-                let asked = (!request.command.is_empty()).then_some(request.command.as_str());
-                let (outcome, request_id) = requester
-                    .decide(master, kind, asked, audited_session(&request))
+                let asked = Asked {
+                    kind,
+                    command: (!request.command.is_empty()).then_some(request.command.as_str()),
+                    local_port: None,
+                };
+                // The decision's sync to disk runs while the channel opens;
+                // the session awaits it before the command is started.
+                let (outcome, request_id, decision_synced) = requester
+                    .decide_deferred(master, &asked, audited_session(&request))
                     .await;
+                requester.log_outcome(&asked, &outcome);
                 match outcome {
                     Outcome::Allow { .. } => {}
                     Outcome::Direct { .. } => {
@@ -378,6 +431,7 @@ async fn serve(
                 let outcome = session::run(SessionStart {
                     rid,
                     session_id,
+                    decision_synced,
                     request,
                     fds,
                     control: writer.clone(),
@@ -426,6 +480,8 @@ async fn serve(
                     Err(SessionOpenError::Local(reason)) => {
                         writer.send(&ServerMessage::Failure { rid, reason }).await?;
                     }
+                    // The client has its answer (a denial, on its stderr).
+                    Err(SessionOpenError::Answered) => return Ok(()),
                 }
             }
             ClientMessage::Terminate { rid } => {
@@ -722,10 +778,23 @@ async fn deny_session(
     fds: Vec<passed_fd::PassedFd>,
     reason: &str,
 ) -> Result<(), CloseReason> {
+    deny_opened_session(writer, rid, session_id, fds.into_iter().nth(2), reason).await
+}
+
+/// Refuses a session the client asked for as the policy's `deny` does:
+/// opens it, says why on its stderr, and ends it with status 255, so that
+/// the stock client does not fall back to a connection of its own.
+pub(crate) async fn deny_opened_session(
+    writer: &ControlWriter,
+    rid: u32,
+    session_id: u32,
+    stderr: Option<passed_fd::PassedFd>,
+    reason: &str,
+) -> Result<(), CloseReason> {
     writer
         .send(&ServerMessage::SessionOpened { rid, session_id })
         .await?;
-    if let Some(stderr) = fds.into_iter().nth(2)
+    if let Some(stderr) = stderr
         && let Ok(mut sink) = OutputSink::new(stderr)
     {
         // \r\n: a tty client is in raw mode by now.

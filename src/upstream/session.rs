@@ -18,10 +18,12 @@ use russh::client::Msg;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::access::decide::Outcome;
 use crate::master::MasterState;
 use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
 use crate::mux::passed_fd::{InputSource, OutputSink, PassedFd};
+use crate::mux::server;
 use crate::mux::wire::{self, ServerMessage, SessionRequest};
 use crate::spill::SpillBuffer;
 use crate::upstream::ttymodes;
@@ -60,6 +62,9 @@ pub enum SessionEnd {
 pub struct SessionStart<'a> {
     pub rid: u32,
     pub session_id: u32,
+    /// The decision record's way to the disk: awaited before the command
+    /// starts (`None`: already on disk).
+    pub decision_synced: Option<crate::mux::server::DecisionSync>,
     pub request: SessionRequest,
     pub fds: Vec<PassedFd>,
     pub control: ControlWriter,
@@ -82,6 +87,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let SessionStart {
         rid,
         session_id,
+        decision_synced,
         request,
         fds,
         control,
@@ -137,6 +143,25 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                 .set_env(false, name.as_str(), value.as_str())
                 .await?;
         }
+        Ok::<(), russh::Error>(())
+    };
+    if let Err(e) = setup.await {
+        let _ = channel.close().await;
+        return Err(SessionOpenError::Refused(e.to_string()));
+    }
+    // Nothing runs on the server before the decision is on disk.
+    if let Some(synced) = decision_synced {
+        let allowed = Outcome::Allow {
+            reason: String::new(),
+        };
+        if let Outcome::Deny { reason } = server::settle(&master, allowed, synced.await) {
+            let _ = channel.close().await;
+            let _ =
+                server::deny_opened_session(&control, rid, session_id, Some(stderr), &reason).await;
+            return Err(SessionOpenError::Answered);
+        }
+    }
+    let start = async {
         if request.subsystem {
             channel
                 .request_subsystem(true, request.command.as_str())
@@ -151,7 +176,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         }
         Ok::<(), russh::Error>(())
     };
-    if let Err(e) = setup.await {
+    if let Err(e) = start.await {
         let _ = channel.close().await;
         return Err(SessionOpenError::Refused(e.to_string()));
     }
@@ -332,6 +357,9 @@ pub enum SessionOpenError {
     Refused(String),
     /// Our own side failed (fds).
     Local(String),
+    /// The client has been answered already (the decision could not be
+    /// recorded and the policy fails closed: refused as a denial is).
+    Answered,
 }
 
 /// A request on a control connection that already carries a session.
