@@ -309,6 +309,11 @@ pub fn sandbox_inputs(
     policy: &PolicyStore,
 ) -> sandbox::Inputs {
     let paths = policy.paths();
+    // The sandbox can only grant reading a directory that exists: made now,
+    // a policy file the user writes later is still picked up.
+    if let Some(dir) = paths.user.parent() {
+        let _ = crate::paths::ensure_private_dir(dir);
+    }
     // A policy that cannot be read now denies every request until it is
     // fixed; no forward can be allowed meanwhile, so no port is needed.
     let forward_ports = match policy.current() {

@@ -484,3 +484,26 @@ fn inherited_descriptors_are_closed() {
     });
     assert_eq!(fd(master.id()), None, "the master kept the inherited fd");
 }
+
+/// The sandbox lets the master read only directories that existed when it
+/// started; it creates the user's policy directory first, so a policy
+/// written afterwards still takes effect (here: a deny).
+#[test]
+fn policy_written_after_start_is_read_under_the_sandbox() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let dir = env.path().join("config/muxguard");
+    assert!(!dir.exists());
+    let _master = env.start_master(MasterKind::Muxguard);
+    run(&mut env.ssh_cmd("true")).assert_success("before any policy");
+    std::fs::write(
+        dir.join("policy.toml"),
+        "[[rule]]\nname = \"nothing today\"\naction = \"deny\"\n",
+    )
+    .expect("write policy");
+    let out = run(&mut env.ssh_cmd("true"));
+    assert_eq!(out.code(), Some(255), "{out:#?}");
+    assert!(out.stderr.contains("nothing today"), "{out:#?}");
+}
