@@ -7,13 +7,21 @@
 //!
 //! Bytes come out exactly in the order they went in: once anything is on
 //! disk, new data follows it there until the file has been read back.
+//!
+//! A client that is reading, only not quite as fast as the server sends
+//! (a bulk download on a busy machine), may use more memory before its
+//! output goes to disk: writing a backlog to a file and reading it back
+//! costs two more copies of every byte and measurably slows such a
+//! transfer. Only a client that has not read for a moment is held to the
+//! small bound, and the extra memory is capped over all channels.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -21,7 +29,17 @@ use tokio::sync::Notify;
 /// Limits shared by every buffer of one master.
 #[derive(Debug)]
 pub struct SpillLimits {
+    /// Memory per channel for a client that is not reading.
     pub memory_per_channel: usize,
+    /// Memory per channel for a client that is reading.
+    pub memory_reading: usize,
+    /// A client that took output within this long is reading.
+    pub reading_window: Duration,
+    /// Memory over all channels beyond which every channel is held to
+    /// `memory_per_channel`.
+    pub memory_total: usize,
+    /// Bytes in memory over all channels right now.
+    pub memory_in_use: AtomicUsize,
     pub disk_per_channel: u64,
     pub disk_total: u64,
     /// Where spill files are created (mode 0700, ours).
@@ -32,12 +50,19 @@ pub struct SpillLimits {
 
 impl SpillLimits {
     pub const DEFAULT_MEMORY: usize = 8 << 20;
+    pub const DEFAULT_MEMORY_READING: usize = 64 << 20;
+    pub const DEFAULT_READING_WINDOW: Duration = Duration::from_millis(100);
+    pub const DEFAULT_MEMORY_TOTAL: usize = 256 << 20;
     pub const DEFAULT_DISK: u64 = 1 << 30;
     pub const DEFAULT_DISK_TOTAL: u64 = 4 << 30;
 
     pub fn new(directory: PathBuf) -> Self {
         SpillLimits {
             memory_per_channel: Self::DEFAULT_MEMORY,
+            memory_reading: Self::DEFAULT_MEMORY_READING,
+            reading_window: Self::DEFAULT_READING_WINDOW,
+            memory_total: Self::DEFAULT_MEMORY_TOTAL,
+            memory_in_use: AtomicUsize::new(0),
             disk_per_channel: Self::DEFAULT_DISK,
             disk_total: Self::DEFAULT_DISK_TOTAL,
             directory,
@@ -63,6 +88,10 @@ struct State {
     /// Set while a producer waits for room; cleared when it gets it.
     paused: bool,
     total_in: u64,
+    /// When the consumer last took a chunk.
+    last_pop: Option<Instant>,
+    /// Memory went past `memory_per_channel` since it was last empty.
+    grew: bool,
 }
 
 /// One stream's buffer: a producer (the channel reader) and a consumer
@@ -93,6 +122,8 @@ impl SpillBuffer {
                 closed: false,
                 paused: false,
                 total_in: 0,
+                last_pop: None,
+                grew: false,
             }),
             limits,
             data_ready: Notify::new(),
@@ -109,8 +140,12 @@ impl SpillBuffer {
         }
         let mut state = self.state.lock().expect("not poisoned");
         let spilling = state.spill.as_ref().is_some_and(|s| s.read < s.written);
-        if !spilling && state.memory_bytes + data.len() <= self.limits.memory_per_channel {
+        if !spilling && state.memory_bytes + data.len() <= self.memory_limit(&state, data.len()) {
+            self.limits
+                .memory_in_use
+                .fetch_add(data.len(), Ordering::Relaxed);
             state.memory_bytes += data.len();
+            state.grew |= state.memory_bytes > self.limits.memory_per_channel;
             state.total_in += data.len() as u64;
             state.memory.push_back(data);
             drop(state);
@@ -148,6 +183,9 @@ impl SpillBuffer {
                     // Order matters more than memory: wait for the file to drain.
                     return Pushed::Full(data);
                 }
+                self.limits
+                    .memory_in_use
+                    .fetch_add(data.len(), Ordering::Relaxed);
                 state.memory_bytes += data.len();
                 state.total_in += len;
                 state.memory.push_back(data);
@@ -156,6 +194,21 @@ impl SpillBuffer {
         drop(state);
         self.data_ready.notify_one();
         Pushed::Accepted
+    }
+
+    /// How much this channel may hold in memory now: more while its client
+    /// is reading and the master-wide cap allows it.
+    fn memory_limit(&self, state: &State, adding: usize) -> usize {
+        let limits = &self.limits;
+        let reading = state
+            .last_pop
+            .is_some_and(|t| t.elapsed() < limits.reading_window);
+        let room = limits.memory_in_use.load(Ordering::Relaxed) + adding <= limits.memory_total;
+        if reading && room {
+            limits.memory_reading.max(limits.memory_per_channel)
+        } else {
+            limits.memory_per_channel
+        }
     }
 
     /// Adds data, waiting only when every cap is reached.
@@ -226,6 +279,12 @@ impl SpillBuffer {
         let mut state = self.state.lock().expect("not poisoned");
         let chunk = if let Some(chunk) = state.memory.pop_front() {
             state.memory_bytes -= chunk.len();
+            self.limits
+                .memory_in_use
+                .fetch_sub(chunk.len(), Ordering::Relaxed);
+            if state.memory_bytes == 0 && std::mem::take(&mut state.grew) {
+                give_back_memory();
+            }
             Some(chunk)
         } else if let Some(spill) = state.spill.as_mut().filter(|s| s.read < s.written) {
             let want = (spill.written - spill.read).min(READ_BACK_CHUNK as u64) as usize;
@@ -261,6 +320,7 @@ impl SpillBuffer {
         } else {
             return Err(());
         };
+        state.last_pop = Some(Instant::now());
         if state.paused {
             state.paused = false;
             tracing::info!("{}: client is reading again; resuming", self.name);
@@ -285,6 +345,11 @@ impl SpillBuffer {
 
 impl Drop for SpillBuffer {
     fn drop(&mut self) {
+        if let Ok(state) = self.state.lock() {
+            self.limits
+                .memory_in_use
+                .fetch_sub(state.memory_bytes, Ordering::Relaxed);
+        }
         if let Ok(state) = self.state.lock()
             && let Some(spill) = &state.spill
         {
@@ -292,6 +357,25 @@ impl Drop for SpillBuffer {
                 .disk_in_use
                 .fetch_sub(spill.written - spill.read, Ordering::Relaxed);
         }
+    }
+}
+
+/// Returns freed heap memory to the system after a large backlog drained
+/// (glibc keeps it otherwise: the chunks are small, so they come from the
+/// heap, not from separate mappings). At most every few seconds.
+fn give_back_memory() {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it takes the allocator's locks itself and touches no memory
+    // the program owns.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -330,6 +414,7 @@ mod tests {
     fn limits(dir: &std::path::Path, memory: usize, disk: u64) -> Arc<SpillLimits> {
         let mut limits = SpillLimits::new(dir.to_path_buf());
         limits.memory_per_channel = memory;
+        limits.memory_reading = memory;
         limits.disk_per_channel = disk;
         Arc::new(limits)
     }
@@ -402,5 +487,67 @@ mod tests {
             producer.await.unwrap();
             assert_eq!(total, 64 * 512);
         });
+    }
+
+    #[test]
+    fn a_reading_client_gets_more_memory_a_stalled_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut limits = SpillLimits::new(dir.path().to_path_buf());
+        limits.memory_per_channel = 10;
+        limits.memory_reading = 100;
+        limits.reading_window = Duration::from_millis(200);
+        let limits = Arc::new(limits);
+        let buffer = SpillBuffer::new(Arc::clone(&limits), "test".into());
+        let chunk = || Bytes::from_static(b"0123456789");
+        let on_disk = |b: &SpillBuffer| b.usage().1;
+
+        // No read yet: held to the small bound.
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert_eq!(on_disk(&buffer), 10, "the second chunk spilled");
+        // The client reads everything back.
+        assert!(buffer.try_pop().unwrap().is_some());
+        assert!(buffer.try_pop().unwrap().is_some());
+        // Now it is reading: up to the larger bound stays in memory.
+        for _ in 0..10 {
+            assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        }
+        assert_eq!(buffer.usage(), (100, 0, false));
+        assert_eq!(limits.memory_in_use.load(Ordering::Relaxed), 100);
+        // Past it, to disk.
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert_eq!(on_disk(&buffer), 10);
+        // A client that stopped reading is held to the small bound again.
+        let stalled = SpillBuffer::new(Arc::clone(&limits), "stalled".into());
+        assert_eq!(stalled.push(chunk()), Pushed::Accepted);
+        assert!(stalled.try_pop().unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(stalled.push(chunk()), Pushed::Accepted);
+        assert_eq!(stalled.push(chunk()), Pushed::Accepted);
+        assert_eq!(on_disk(&stalled), 10);
+        // Memory is given back as buffers go.
+        drop(buffer);
+        drop(stalled);
+        assert_eq!(limits.memory_in_use.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_master_wide_cap_holds_reading_clients_to_the_small_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut limits = SpillLimits::new(dir.path().to_path_buf());
+        limits.memory_per_channel = 10;
+        limits.memory_reading = 100;
+        limits.memory_total = 30;
+        let limits = Arc::new(limits);
+        let buffer = SpillBuffer::new(Arc::clone(&limits), "test".into());
+        let chunk = || Bytes::from_static(b"0123456789");
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert!(buffer.try_pop().unwrap().is_some());
+        for _ in 0..3 {
+            assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        }
+        assert_eq!(buffer.usage(), (30, 0, false));
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert_eq!(buffer.usage().1, 10, "over the master-wide cap: to disk");
     }
 }
