@@ -332,10 +332,6 @@ impl PortSet {
         self.ranges.iter().any(|&(a, b)| (a..=b).contains(&port))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-
     /// Every port in the set, in order, each once.
     pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
         (0..=u16::MAX).filter(|p| self.contains(*p))

@@ -76,12 +76,14 @@ impl AuditLog {
     }
 
     /// Appends a record and returns only once it is on disk (`fdatasync`).
-    /// Decisions go this way: a session must not start on an answer the
-    /// log could still lose.
+    /// The master appends decisions with [`append`] and syncs them through
+    /// [`sync`] off its event loop (see `Recorder::record_then_sync`); this
+    /// one-call form serves the tests of concurrent durable writers.
     ///
     /// If the write succeeds but the sync fails, the record is in the file
     /// (and the stream continues after it) but the error is returned, so
     /// the caller can still fail closed.
+    #[cfg(test)]
     pub fn append_durable(&mut self, event: &Event) -> io::Result<()> {
         self.write_record(event, Durability::Synced, write_once)
     }

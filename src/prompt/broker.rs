@@ -14,7 +14,7 @@
 //! out, 3 unavailable).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -30,7 +30,6 @@ use crate::helper::{MAX_FRAME, read_frame, write_frame};
 /// first, as two at once would only confuse).
 pub struct Broker {
     pipes: Mutex<(ChildStdin, ChildStdout)>,
-    program: PathBuf,
     _child: Child,
 }
 
@@ -49,13 +48,8 @@ impl Broker {
         let stdout = child.stdout.take().expect("piped");
         Ok(Broker {
             pipes: Mutex::new((stdin, stdout)),
-            program: askpass.program().to_owned(),
             _child: child,
         })
-    }
-
-    pub fn program(&self) -> &Path {
-        &self.program
     }
 
     pub async fn confirm(&self, prompt: &str, timeout: Duration) -> Answer {
