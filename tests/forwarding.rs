@@ -72,16 +72,6 @@ fn refused(port: u16) -> bool {
     )
 }
 
-/// A normal session still works through the master, and nothing has
-/// needed a second connection.
-#[track_caller]
-fn assert_master_unharmed(env: &TestEnv) {
-    let out = run(&mut env.ssh_cmd("echo still-fine"));
-    out.assert_success("a normal session afterwards");
-    assert_eq!(out.stdout, "still-fine\n");
-    env.assert_connections(1);
-}
-
 fn local_forward(kind: MasterKind) {
     let env = TestEnv::new();
     let _master = env.start_master(kind);
@@ -258,7 +248,7 @@ fn cancel_removes_only_the_named_forward(kind: MasterKind) {
         "cancel of a missing forward: {out:#?}"
     );
     assert_echoes(connect(kept), &data, "after the failed cancel");
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// Starts `ssh <forward_args> testhost cat` with stdin held open, and waits
@@ -334,7 +324,7 @@ fn absurd_ports_rejected_by_client(kind: MasterKind) {
             "{flag} {spec}: {out:#?}"
         );
     }
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// A listen port above 65535 that is not the Unix-socket marker makes the
@@ -355,7 +345,7 @@ fn absurd_port_closes_mux_connection(kind: MasterKind) {
     let _ = client.send(&mux::forward(true, 1, MUX_FWD_LOCAL, listen, target));
     client.expect_closed("OPEN_FWD with listen port 70000");
     drop(client);
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// A dynamic forward listening on a Unix path is refused (the stock client
@@ -390,7 +380,7 @@ fn dynamic_forward_on_unix_path_refused(kind: MasterKind) {
         "-O forward -D <path>: {out:#?}"
     );
     assert!(!path.exists(), "a socket was created at {}", path.display());
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// SOCKS clients that send garbage are disconnected without getting
@@ -443,7 +433,7 @@ fn socks_garbage(kind: MasterKind) {
         &data,
         "SOCKS5 after the garbage",
     );
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// Reads whatever the peer still sends until it closes the connection
@@ -509,7 +499,7 @@ fn unix_path_too_long(kind: MasterKind) {
     add_forward(&env, &["-L", &format!("{}:{target}", local.display())]);
     let stream = UnixStream::connect(&local).expect("connect to the -L socket");
     assert_echoes(stream, b"after the long path", "-L unix afterwards");
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 /// CLOSE_FWD for a forward that was never opened, or that differs from an
@@ -562,7 +552,7 @@ fn cancel_unknown_forward(kind: MasterKind) {
 
     let data = net::random_bytes(64 * 1024);
     assert_echoes(connect(port), &data, "the forward after failed cancels");
-    assert_master_unharmed(&env);
+    env.assert_master_serves();
 }
 
 // ---- A SOCKS client ----

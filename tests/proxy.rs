@@ -89,15 +89,6 @@ fn records(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The master still serves ordinary clients, over its one connection.
-#[track_caller]
-fn assert_master_serves(env: &TestEnv) {
-    let out = run(&mut env.ssh_cmd("echo still-here"));
-    out.assert_success("a session after the proxy client");
-    assert_eq!(out.stdout, "still-here\n");
-    env.assert_connections(1);
-}
-
 fn exec_output_and_status(kind: MasterKind) {
     let env = TestEnv::new();
     let _master = start(&env, kind, ALLOW_PROXY);
@@ -117,7 +108,7 @@ fn exec_output_and_status(kind: MasterKind) {
     // A killed remote command: exit-signal, which ssh reports as 255.
     let out = run(&mut proxy(&env, &[], Some("kill -TERM $$")));
     assert_eq!(out.code(), Some(255), "{out:#?}");
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 fn binary_both_ways(kind: MasterKind) {
@@ -149,7 +140,7 @@ fn binary_both_ways(kind: MasterKind) {
     );
     out.assert_success("sha256sum through -O proxy");
     assert_eq!(common::first_word(&out.stdout), expected, "upload");
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 const PROMPT: &str = "pxprompt> ";
@@ -204,7 +195,7 @@ fn tty_session(kind: MasterKind) {
     });
     assert!(ended, "ssh did not exit; screen:\n{}", tmux.screen());
     assert_eq!(read_lossy(&status_file), "7\n");
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -257,7 +248,7 @@ fn local_forward(kind: MasterKind) {
     assert_echoes(connect(port), &data, "-L through -O proxy");
     assert_echoes(connect(port), b"second connection", "second -L connection");
     client.terminate(Duration::from_secs(5));
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 /// `-D` in the proxy client: the client speaks SOCKS and opens a
@@ -296,7 +287,7 @@ fn dynamic_forward(kind: MasterKind) {
         "the answer differs from the body sent"
     );
     client.terminate(Duration::from_secs(5));
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 fn remote_forward(kind: MasterKind) {
@@ -333,7 +324,7 @@ fn remote_forward(kind: MasterKind) {
     // (tested: the client waits and prints nothing), so only muxguard is
     // checked here.
     if kind == MasterKind::OpenSsh {
-        assert_master_serves(&env);
+        env.assert_master_serves();
         return;
     }
     let spec = format!("0:127.0.0.1:{}", echo.port());
@@ -359,7 +350,7 @@ fn remote_forward(kind: MasterKind) {
     let allocated = allocated.expect("a port");
     assert_echoes(connect(allocated), b"through -R 0", "-R 0 through -O proxy");
     client.terminate(Duration::from_secs(5));
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 /// Without a rule naming "proxy" the request is refused (and audited), even
@@ -542,7 +533,7 @@ fn malformed_proxy_packets_close_the_connection_only() {
         log.contains("not a connection-protocol message"),
         "the reason is not logged:\n{log}"
     );
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 /// Channel types and requests the master does not support are refused
@@ -601,7 +592,7 @@ fn unsupported_requests_are_refused_not_hung() {
     assert_eq!(reply[1], 100, "CHANNEL_FAILURE: {reply:02x?}");
     assert_eq!(&reply[2..6], &3u32.to_be_bytes());
     drop(raw);
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 /// Reads one SSH packet body (padding length, type, payload) in proxy mode.
@@ -657,7 +648,7 @@ fn killed_client_closes_its_channels() {
                 .any(|r| r["event"] == "session_close")
         },
     );
-    assert_master_serves(&env);
+    env.assert_master_serves();
 }
 
 /// A proxy client that stops reading its output holds up only itself:

@@ -266,6 +266,17 @@ Host {HOST}
             self.sshd.log()
         );
     }
+
+    /// A normal session still works through the master, and nothing has
+    /// needed a second connection: the master came through what the test
+    /// did to it unharmed.
+    #[track_caller]
+    pub fn assert_master_serves(&self) {
+        let out = run(&mut self.ssh_cmd("echo still-serving"));
+        out.assert_success("a normal session afterwards");
+        assert_eq!(out.stdout, "still-serving\n");
+        self.assert_connections(1);
+    }
 }
 
 impl Default for TestEnv {
