@@ -17,8 +17,19 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-/// The longest frame either side accepts, far above any real one.
-pub const MAX_FRAME: usize = 64 * 1024;
+/// The longest frame either side accepts, far above any real one (a proc
+/// reply for a 32-process chain with 4 KiB paths is about 260 KiB).
+pub const MAX_FRAME: usize = 1024 * 1024;
+
+/// One frame as read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Data(Vec<u8>),
+    /// A frame over [`MAX_FRAME`], whose payload was read and dropped so
+    /// that the next frame is read from its start: a bad frame costs one
+    /// answer, never the pipe.
+    TooLong(usize),
+}
 
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
@@ -28,7 +39,7 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
 }
 
 /// One frame; `Ok(None)` at a clean end of input.
-pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -37,14 +48,15 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("helper frame of {len} bytes"),
-        ));
+        let skipped = io::copy(&mut r.take(len as u64), &mut io::sink())?;
+        if skipped < len as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(Some(Frame::TooLong(len)));
     }
     let mut payload = vec![0; len];
     r.read_exact(&mut payload)?;
-    Ok(Some(payload))
+    Ok(Some(Frame::Data(payload)))
 }
 
 /// Starts `muxguard <args>` with its stdin and stdout as pipes.
@@ -104,7 +116,13 @@ impl ProcHelper {
         let (stdin, stdout) = &mut *pipes;
         let request: Vec<u8> = pids.iter().flat_map(|p| p.to_be_bytes()).collect();
         write_frame(stdin, &request)?;
-        let reply = read_frame(stdout)?.ok_or(io::ErrorKind::UnexpectedEof)?;
+        let reply = match read_frame(stdout)?.ok_or(io::ErrorKind::UnexpectedEof)? {
+            Frame::Data(reply) => reply,
+            Frame::TooLong(len) => {
+                let why = format!("proc-helper reply of {len} bytes");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            }
+        };
         decode_links(&reply, pids.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad proc-helper reply"))
     }
@@ -190,15 +208,26 @@ fn decode_links(mut bytes: &[u8], count: usize) -> Option<Vec<ProcLinks>> {
 /// `muxguard proc-helper`: answers until the master closes the pipe.
 pub fn serve_proc() -> anyhow::Result<()> {
     harden_helper();
-    let mut stdin = io::stdin().lock();
-    let mut stdout = io::stdout().lock();
-    while let Some(request) = read_frame(&mut stdin)? {
-        anyhow::ensure!(request.len() % 4 == 0, "proc-helper request not pids");
-        let links: Vec<ProcLinks> = request
-            .chunks_exact(4)
-            .map(|c| read_links(u32::from_be_bytes(c.try_into().expect("4 bytes"))))
-            .collect();
-        write_frame(&mut stdout, &encode_links(&links))?;
+    serve_proc_frames(&mut io::stdin().lock(), &mut io::stdout().lock())?;
+    Ok(())
+}
+
+/// The proc-helper's loop. A request it cannot use (too long, not a list
+/// of pids) gets an empty reply, which the master reads as "not known" for
+/// every pid of it; the next request is answered as usual.
+fn serve_proc_frames(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
+    while let Some(frame) = read_frame(input)? {
+        let reply = match frame {
+            Frame::Data(request) if request.len() % 4 == 0 => {
+                let links: Vec<ProcLinks> = request
+                    .chunks_exact(4)
+                    .map(|c| read_links(u32::from_be_bytes(c.try_into().expect("4 bytes"))))
+                    .collect();
+                encode_links(&links)
+            }
+            Frame::Data(_) | Frame::TooLong(_) => Vec::new(),
+        };
+        write_frame(output, &reply)?;
     }
     Ok(())
 }
@@ -229,15 +258,55 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_bounded() {
+    fn frames_are_bounded_and_a_long_one_keeps_the_stream_in_step() {
         let mut buf = Vec::new();
         write_frame(&mut buf, b"abc").unwrap();
+        write_frame(&mut buf, &vec![7; MAX_FRAME + 1]).unwrap();
+        write_frame(&mut buf, b"after").unwrap();
+        let mut input = buf.as_slice();
         assert_eq!(
-            read_frame(&mut buf.as_slice()).unwrap(),
-            Some(b"abc".to_vec())
+            read_frame(&mut input).unwrap(),
+            Some(Frame::Data(b"abc".to_vec()))
         );
-        assert_eq!(read_frame(&mut &b""[..]).unwrap(), None);
+        assert_eq!(
+            read_frame(&mut input).unwrap(),
+            Some(Frame::TooLong(MAX_FRAME + 1))
+        );
+        assert_eq!(
+            read_frame(&mut input).unwrap(),
+            Some(Frame::Data(b"after".to_vec()))
+        );
+        assert_eq!(read_frame(&mut input).unwrap(), None);
+        // A frame cut short is an error, not a silent end.
         let huge = (MAX_FRAME as u32 + 1).to_be_bytes();
         assert!(read_frame(&mut &huge[..]).is_err());
+        assert!(read_frame(&mut &[0, 0, 0, 9, 1][..]).is_err());
+    }
+
+    #[test]
+    fn the_proc_helper_survives_any_request() {
+        let me = std::process::id();
+        let mut requests = Vec::new();
+        write_frame(&mut requests, &[1, 2, 3]).unwrap();
+        write_frame(&mut requests, &vec![0; MAX_FRAME + 4]).unwrap();
+        write_frame(&mut requests, &me.to_be_bytes()).unwrap();
+        let mut replies = Vec::new();
+        serve_proc_frames(&mut requests.as_slice(), &mut replies).unwrap();
+        let mut replies = replies.as_slice();
+        for _ in 0..2 {
+            let Some(Frame::Data(reply)) = read_frame(&mut replies).unwrap() else {
+                panic!("no reply")
+            };
+            assert_eq!(
+                decode_links(&reply, 1),
+                None,
+                "a bad request is not answered"
+            );
+        }
+        let Some(Frame::Data(reply)) = read_frame(&mut replies).unwrap() else {
+            panic!("no reply")
+        };
+        let links = decode_links(&reply, 1).expect("the next request is answered");
+        assert_eq!(links[0].exe, std::env::current_exe().ok());
     }
 }

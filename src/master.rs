@@ -166,7 +166,10 @@ impl MasterState {
             for (key, seconds) in remembered {
                 text.push_str(&format!(
                     "  {} by {} on {}: allowed for {}s more\n",
-                    key.kind, key.program, key.host, seconds
+                    key.kind,
+                    crate::prompt::one_line(&key.requester.anchor.to_string()),
+                    key.host,
+                    seconds
                 ));
             }
         }

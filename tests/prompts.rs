@@ -33,17 +33,18 @@ use dbus::{
 /// The policy of these tests: everything is asked about, 3 s to answer,
 /// "Allow for 10m", 5 s of quiet after a refusal, deny if nobody can be
 /// asked. `extra` is appended (rules).
-fn policy_text(prompt_timeout: &str, extra: &str) -> String {
+fn policy_text(options: &Options) -> String {
     format!(
         "\
 [defaults]
 action = \"ask\"
-prompt_timeout = \"{prompt_timeout}\"
+prompt_timeout = \"{}\"
 remember = \"10m\"
-cooldown = \"5s\"
-no_prompter = \"deny\"
+cooldown = \"{}\"
+no_prompter = \"{}\"
 when_locked = \"deny\"
-{extra}"
+{}",
+        options.prompt_timeout, options.cooldown, options.no_prompter, options.extra_policy
     )
 }
 
@@ -52,6 +53,8 @@ struct Options {
     /// Start a private bus with this fake notification server on it.
     server: Option<ServerConfig>,
     prompt_timeout: &'static str,
+    cooldown: &'static str,
+    no_prompter: &'static str,
     extra_policy: &'static str,
     /// More environment for the master only.
     master_env: Vec<(String, String)>,
@@ -62,6 +65,8 @@ impl Default for Options {
         Options {
             server: Some(ServerConfig::default()),
             prompt_timeout: "3s",
+            cooldown: "5s",
+            no_prompter: "deny",
             extra_policy: "",
             master_env: Vec::new(),
         }
@@ -81,11 +86,7 @@ impl Setup {
     fn start(options: Options) -> Setup {
         let env = TestEnv::new();
         let user_policy = env.path().join("user-policy.toml");
-        fs::write(
-            &user_policy,
-            policy_text(options.prompt_timeout, options.extra_policy),
-        )
-        .expect("write policy");
+        fs::write(&user_policy, policy_text(&options)).expect("write policy");
         let args: Vec<OsString> = vec![
             "--policy".into(),
             user_policy.into(),
@@ -532,8 +533,8 @@ fn allow_for_a_while_is_remembered() {
     assert!(calls[1].summary.contains("sftp"), "{:#?}", calls[1]);
 }
 
-/// Identical concurrent asks (5 × exec from ssh) share one prompt and its
-/// answer.
+/// Identical concurrent asks (5 × the same exec from ssh, started by this
+/// one process) share one prompt and its answer.
 #[test]
 fn concurrent_identical_asks_share_one_prompt() {
     let setup = Setup::start(Options {
@@ -544,17 +545,11 @@ fn concurrent_identical_asks_share_one_prompt() {
         }),
         ..Options::default()
     });
-    let markers: Vec<PathBuf> = (1..=5).map(|i| setup.marker(&format!("c{i}"))).collect();
-    let clients: Vec<Client> = markers
-        .iter()
-        .map(|m| setup.spawn(&format!("touch {}", m.display())))
-        .collect();
+    let clients: Vec<Client> = (0..5).map(|_| setup.spawn("echo same")).collect();
     for client in clients {
         let out = client.wait();
         assert_ran(&out, &setup);
-    }
-    for marker in &markers {
-        assert!(marker.exists(), "{} missing", marker.display());
+        assert_eq!(out.stdout, "same\n");
     }
     let calls = setup.server().notifies();
     assert_eq!(calls.len(), 1, "not one shared prompt: {calls:#?}");
@@ -564,6 +559,134 @@ fn concurrent_identical_asks_share_one_prompt() {
         "master log:\n{}",
         setup.log()
     );
+}
+
+/// While a prompt for one command is open, another command from the same
+/// program never runs on its answer: it is refused (one open prompt per
+/// requester), and the Allow covers exactly the command it showed.
+#[test]
+fn a_different_command_never_runs_on_another_prompts_answer() {
+    let setup = Setup::start(Options {
+        server: Some(ServerConfig {
+            replies: vec![Reply::allow_once(Duration::from_secs(2))],
+            default_reply: Reply::deny(Duration::ZERO),
+            ..ServerConfig::default()
+        }),
+        ..Options::default()
+    });
+    let shown = setup.marker("shown");
+    let hidden = setup.marker("hidden");
+    let first = setup.spawn(&format!("touch {}", shown.display()));
+    let server = setup.server();
+    server.wait_for_notifies(1, WAIT);
+    let second = setup.spawn(&format!("touch {}", hidden.display()));
+    let out = second.wait();
+    assert_refused(&out, "another prompt", &setup);
+    assert_ran(&first.wait(), &setup);
+    assert!(shown.exists());
+    assert!(!hidden.exists(), "a command ran on another prompt's answer");
+    let calls = server.notifies();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert!(calls[0].body.contains(&shown.display().to_string()));
+    assert!(!calls[0].body.contains(&hidden.display().to_string()));
+}
+
+/// "Allow for 10m" covers the shell the ssh was run from, not every ssh of
+/// the user: a request from another shell is asked about (and denied).
+#[test]
+fn allow_for_a_while_covers_one_shell_only() {
+    let setup = Setup::start(Options {
+        server: Some(ServerConfig {
+            replies: vec![Reply::allow_remember(SHORT)],
+            default_reply: Reply::deny(Duration::ZERO),
+            ..ServerConfig::default()
+        }),
+        ..Options::default()
+    });
+    let dir = setup.env.path();
+    // `sh FILE` (not `sh -c`) is a shell of its own: the requester.
+    let shell = |name: &str, markers: &[&Path]| {
+        let file = dir.join(format!("{name}.sh"));
+        let mut script = String::new();
+        let mut envs = Vec::new();
+        for marker in markers {
+            let ssh = setup.env.ssh_cmd(&format!("touch {}", marker.display()));
+            let argv: Vec<String> = std::iter::once(ssh.get_program())
+                .chain(ssh.get_args())
+                .map(|a| format!("'{}'", a.to_string_lossy()))
+                .collect();
+            script.push_str(&format!("{} || exit 1\n", argv.join(" ")));
+            envs = ssh
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+                .collect();
+        }
+        fs::write(&file, script).expect("write script");
+        let mut sh = Command::new("sh");
+        sh.arg(&file).env_clear().envs(envs);
+        sh.current_dir(setup.env.work_dir());
+        Client::spawn(sh).wait()
+    };
+    let first = setup.marker("shell-a-1");
+    let again = setup.marker("shell-a-2");
+    assert_ran(&shell("a", &[&first, &again]), &setup);
+    assert!(
+        again.exists(),
+        "the remembered answer did not cover its shell"
+    );
+    assert_eq!(setup.server().notifies().len(), 1);
+    // Another shell (another run of a script) is asked about.
+    let other = setup.marker("shell-b");
+    let out = shell("b", &[&other]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("denied at the prompt"), "{out:#?}");
+    assert!(!other.exists());
+    let calls = setup.server().notifies();
+    assert!(first.exists() && !calls.is_empty());
+    assert!(
+        calls[0]
+            .body
+            .contains("\"Allow for 10m\" covers exec requests to")
+            && calls[0].body.contains("from dash ("),
+        "the prompt does not say what Allow for covers: {:#?}",
+        calls[0]
+    );
+}
+
+/// A real desktop sends ActionInvoked and NotificationClosed(2) back to
+/// back for a click: 50 "Allow once" clicks in a row all run, 50 "Deny"
+/// clicks never do (no cool-down here, so every one is a real prompt).
+#[test]
+fn every_click_counts_when_the_close_follows_at_once() {
+    for (reply, allows) in [
+        (Reply::allow_once(Duration::ZERO), true),
+        (Reply::deny(Duration::ZERO), false),
+    ] {
+        let setup = Setup::start(Options {
+            server: Some(ServerConfig::answering(reply)),
+            cooldown: "0s",
+            ..Options::default()
+        });
+        for i in 0..50 {
+            let marker = setup.marker(&format!("click-{i}"));
+            let out = setup.ssh(&format!("touch {}", marker.display()));
+            if allows {
+                assert_ran(&out, &setup);
+                assert!(marker.exists(), "click {i} was lost");
+            } else {
+                assert_refused(&out, "denied at the prompt", &setup);
+                assert!(!marker.exists(), "denied click {i} ran");
+            }
+        }
+        let server = setup.server();
+        assert_eq!(server.notifies().len(), 50);
+        let closes = server
+            .emitted()
+            .iter()
+            .filter(|e| e.what == "NotificationClosed 2")
+            .count();
+        assert_eq!(closes, 50, "the fake server did not close after each click");
+    }
 }
 
 /// An `ActionInvoked(id, "muxguard-allow-once")` from another bus
@@ -706,6 +829,44 @@ fn command_cannot_forge_prompt_lines() {
         1,
         "the command added lines to the prompt: {body:?}"
     );
+}
+
+/// Characters that reorder or hide text, and a command of 10 000
+/// characters: the body holds none of those characters raw, shows the
+/// command's head and tail, and says how much it left out.
+#[test]
+fn hidden_characters_are_visible_and_long_commands_are_cut_openly() {
+    let setup = Setup::start(Options {
+        server: Some(ServerConfig::answering(Reply::deny(Duration::ZERO))),
+        ..Options::default()
+    });
+    let command = format!(
+        "echo START\u{2028}requested by git\u{202e}hs|live lruc\u{200d}x{}; echo END",
+        "y".repeat(10_000)
+    );
+    let out = setup.ssh(&command);
+    assert_refused(&out, "denied at the prompt", &setup);
+    let calls = setup.server().notifies();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    for raw in ['\u{2028}', '\u{202e}', '\u{200d}'] {
+        assert!(
+            !call.body.contains(raw) && !call.summary.contains(raw),
+            "U+{:04X} reached the prompt: {call:#?}",
+            raw as u32
+        );
+    }
+    assert!(
+        call.body.contains("\\u{2028}") && call.body.contains("\\u{202e}"),
+        "{call:#?}"
+    );
+    assert!(call.body.contains("echo START"), "no head: {call:#?}");
+    assert!(call.body.contains("; echo END"), "no tail: {call:#?}");
+    assert!(
+        call.body.contains("bytes not shown)"),
+        "no count: {call:#?}"
+    );
+    assert!(call.body.len() < 2000, "{} bytes of body", call.body.len());
 }
 
 // ---------------------------------------------------------------------------
@@ -1036,4 +1197,51 @@ fn no_bus_no_display_denies_with_reason() {
     assert_refused(&out, "nobody could be asked", &setup);
     assert!(!marker.exists());
     assert!(!record.exists(), "askpass used without a display");
+}
+
+/// Askpass only, and `no_prompter = "allow"`: a 100 KiB command is still
+/// asked about (its prompt is bounded, so it fits), the helper's "no"
+/// denies it, and the helper keeps working: the next, short command is
+/// asked about and runs on "yes".
+#[test]
+fn a_long_command_never_skips_the_askpass_prompt() {
+    let dir = tempfile::Builder::new()
+        .prefix("mgask")
+        .tempdir()
+        .expect("temp dir");
+    let count = dir.path().join("count");
+    let (vars, record) = askpass_env(
+        dir.path(),
+        &format!(
+            "n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n\
+             [ \"$n\" -ge 1 ] && echo yes || echo no",
+            count = count.display()
+        ),
+    );
+    let setup = Setup::start(Options {
+        server: None,
+        master_env: vars,
+        no_prompter: "allow",
+        cooldown: "0s",
+        ..Options::default()
+    });
+    let long = setup.marker("long");
+    let out = setup.ssh(&format!(
+        "touch {} # {}",
+        long.display(),
+        "z".repeat(100 * 1024)
+    ));
+    assert_refused(&out, "denied at the prompt", &setup);
+    assert!(!long.exists(), "the long command ran unasked");
+    let asked = fs::read_to_string(&record).expect("the askpass helper was asked");
+    assert!(
+        asked.contains("bytes not shown)"),
+        "{}",
+        &asked[..asked.len().min(2000)]
+    );
+    let short = setup.marker("short");
+    let out = setup.ssh(&format!("touch {}", short.display()));
+    assert_ran(&out, &setup);
+    assert!(short.exists());
+    assert_eq!(fs::read_to_string(&count).unwrap().trim(), "2");
 }

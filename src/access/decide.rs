@@ -15,9 +15,10 @@ use super::policy::DecidedBy;
 use super::policy::{self, Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
 use crate::audit::chain::{DecisionSource, RuleRef};
 use crate::config::HostConfig;
+use crate::prompt::text::shown;
 use crate::prompt::{
     Answer, AskKey, Asked as PromptResult, PromptMemory, PromptText, PromptTimes, Prompter,
-    RequesterKey,
+    RequesterId,
 };
 
 /// Where the two policy files live.
@@ -131,6 +132,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    fn reason_mut(&mut self) -> &mut String {
+        match self {
+            Outcome::Allow { reason } | Outcome::Direct { reason } | Outcome::Deny { reason } => {
+                reason
+            }
+        }
+    }
+
     pub fn reason(&self) -> &str {
         match self {
             Outcome::Allow { reason } | Outcome::Direct { reason } | Outcome::Deny { reason } => {
@@ -223,8 +232,28 @@ pub struct Prompting<'a> {
 
 /// Decides one request. `ask` asks the person (see `prompt`), unless a
 /// remembered answer, the lock screen, the cool-down or the lack of any way
-/// to ask decides first.
+/// to ask decides first. The peer should have been rechecked just before
+/// ([`Peer::recheck`]); a requester whose identity drifted since connect is
+/// an unknown program, and the reason says why.
 pub async fn decide(
+    store: &PolicyStore,
+    host: &HostConfig,
+    peer: &Peer,
+    identity: &PeerIdentity,
+    asked: &Asked<'_>,
+    prompting: Prompting<'_>,
+) -> Decided {
+    let mut decided = decide_once(store, host, peer, identity, asked, prompting).await;
+    if let Some(why) = peer.drift() {
+        decided
+            .outcome
+            .reason_mut()
+            .push_str(&format!("; the requesting program is unverified: {why}"));
+    }
+    decided
+}
+
+async fn decide_once(
     store: &PolicyStore,
     host: &HostConfig,
     peer: &Peer,
@@ -241,7 +270,7 @@ pub async fn decide(
             return Decided::new(outcome, DecisionSource::PolicyError, None);
         }
     };
-    let program = peer.program().and_then(|p| p.exe.as_deref());
+    let program = peer.program_exe();
     let request = Request {
         host_alias: &host.alias,
         hostname: &host.hostname,
@@ -297,27 +326,28 @@ async fn ask(
         let why = format!("the desktop is locked ({})", lock.describe());
         return (fallback(settings.when_locked, why), DecisionSource::Locked);
     }
-    let program_path = peer
-        .program()
-        .and_then(|p| p.exe.as_ref())
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "unknown program".into());
-    let key = AskKey {
-        host: host.alias.clone(),
-        program: program_path.clone(),
-        kind: asked.kind.to_string(),
-    };
-    let requester = RequesterKey {
+    let requester = RequesterId {
         uid: identity.uid,
-        program: program_path,
+        anchor: peer.anchor(),
+        program: peer.program_exe().map(|p| p.display().to_string()),
     };
-    let text = prompt_text(host, peer, asked, settings.remember);
+    let key = AskKey {
+        requester,
+        host: host.alias.clone(),
+        kind: asked.kind.to_string(),
+        detail: match (asked.command, asked.local_port) {
+            (Some(command), Some(port)) => Some(format!("{command} (local port {port})")),
+            (Some(command), None) => Some(command.to_string()),
+            (None, Some(port)) => Some(format!("local port {port}")),
+            (None, None) => None,
+        },
+    };
+    let text = prompt_text(host, peer, asked, &key, settings.remember);
     let result = prompting
         .memory
         .ask(
             prompting.prompter,
             key,
-            requester,
             &text,
             PromptTimes {
                 timeout: settings.prompt_timeout,
@@ -337,11 +367,14 @@ async fn ask(
             DecisionSource::Remembered,
         ),
         PromptResult::CoolingDown => (
-            deny("cool-down after a refused prompt from this program".into()),
+            deny(format!(
+                "cool-down after a refused prompt from {}",
+                peer.anchor()
+            )),
             DecisionSource::Prompt,
         ),
         PromptResult::Busy => (
-            deny("another prompt from this program is open".into()),
+            deny(format!("another prompt from {} is open", peer.anchor())),
             DecisionSource::Prompt,
         ),
         PromptResult::Prompted { answer, shared } => {
@@ -361,6 +394,8 @@ async fn ask(
                     fallback(settings.no_prompter, how),
                     DecisionSource::NoPrompter,
                 ),
+                // Asking failed: a denial, never "nobody to ask".
+                Answer::Failed(_) => (deny(how), DecisionSource::Prompt),
                 Answer::TimedOut => (deny(how), DecisionSource::Timeout),
                 _ => (deny(how), DecisionSource::Prompt),
             }
@@ -368,44 +403,51 @@ async fn ask(
     }
 }
 
-/// The prompt's words: host, remote user, the request and the requester.
+/// The prompt's words: host, remote user, the request, the requester, and
+/// what an "Allow for …" would cover. Everything a requester chose (the
+/// command, a subsystem's name, argv, the working directory) is escaped
+/// and bounded by [`shown`].
 fn prompt_text(
     host: &HostConfig,
     peer: &Peer,
     asked: &Asked<'_>,
+    key: &AskKey,
     remember: std::time::Duration,
 ) -> PromptText {
-    let target = format!("{}@{}", host.user, host.alias);
+    let target = shown(&format!("{}@{}", host.user, host.alias));
     let summary = match asked.kind {
         RequestKind::Shell => format!("Allow a shell on {target}?"),
         RequestKind::Exec => format!("Allow a command on {target}?"),
         RequestKind::Subsystem => format!(
             "Allow the {} subsystem on {target}?",
-            asked.command.unwrap_or("?")
+            crate::prompt::text::one_line_bounded(asked.command.unwrap_or("?"), 40, 20)
         ),
         RequestKind::Control => format!("Allow control of the {target} master?"),
         other => format!("Allow {other} through {target}?"),
     };
     let mut body = String::new();
-    // Everything from the requester is kept to one line each.
     if let Some(command) = asked.command {
-        body.push_str(&format!(
-            "{}: {}\n",
-            asked.kind,
-            crate::prompt::one_line(command)
-        ));
+        body.push_str(&format!("{}: {}\n", asked.kind, shown(command)));
     }
+    body.push_str(&format!("requested by {}", shown(&peer.describe_chain())));
+    let remember_label = humantime::format_duration(remember).to_string();
     body.push_str(&format!(
-        "requested by {}",
-        crate::prompt::one_line(&peer.describe_chain())
+        "\n\"Allow for {remember_label}\" covers {} requests to {} from {} only",
+        asked.kind,
+        shown(&host.alias),
+        shown(&key.requester.anchor.to_string()),
     ));
     if host.alias != host.hostname {
-        body.push_str(&format!("\n({} is {})", host.alias, host.hostname));
+        body.push_str(&format!(
+            "\n({} is {})",
+            shown(&host.alias),
+            shown(&host.hostname)
+        ));
     }
     PromptText {
         summary,
         body,
-        remember_label: humantime::format_duration(remember).to_string(),
+        remember_label,
     }
 }
 

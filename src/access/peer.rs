@@ -3,14 +3,32 @@
 //! chain read from /proc (`ssh ← git ← bash ← tmux`), read in one go right
 //! after accept and checked to still be the same process afterwards.
 //!
-//! PID reuse: the peer's pid is pinned with a pidfd as soon as it is known,
-//! and the process start time is read before and after the /proc walk; a
-//! process that exited or was replaced in between makes the identity
-//! unknown, which every decision treats as "no" (fail closed).
+//! PID reuse: a pidfd is opened on the peer as soon as its pid is known.
+//! Holding it does not stop the pid from being reused once the process
+//! exits; what it gives is a reliable "has it exited?" (it polls readable
+//! then). The /proc walk is trusted only if, after it, the pidfd says the
+//! process is still running and the start time read before is unchanged:
+//! then every file read belonged to that process.
+//!
+//! Exec: a process keeps its pid and start time across exec, so a client
+//! could connect, hand the socket to a child and exec another program. The
+//! identity read at accept is the one every decision uses, and before each
+//! request the connecting process is looked at again ([`Peer::recheck`]):
+//! if it has exited or now runs another executable, the requesting program
+//! is unverified from then on (it never satisfies a `programs` rule) and
+//! prompts and the audit log say why.
+//!
+//! Names: a process whose executable cannot be read (another user's, or
+//! one that made itself non-dumpable) is known only by its argv\[0\],
+//! which it chose. Such a name is shown marked "unverified" and is never
+//! taken as ssh, a shell or a wrapper when the chain is interpreted.
 
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::prompt::ProcessRef;
 
 /// One process of the requester chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,27 +48,41 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
-    /// A short name: the exe's file name, else argv[0]'s.
-    pub fn name(&self) -> String {
-        let from_exe = self
-            .exe
+    /// The executable's file name, if the executable could be read.
+    pub fn verified_name(&self) -> Option<String> {
+        self.exe
             .as_deref()
             .and_then(Path::file_name)
-            .map(|n| n.to_string_lossy().into_owned());
-        from_exe
-            .or_else(|| {
-                self.cmdline
-                    .first()
-                    .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
-            })
-            .unwrap_or_else(|| "?".into())
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// A short name to show: the executable's file name, else argv\[0\]'s
+    /// marked as unverified.
+    pub fn name(&self) -> String {
+        if let Some(name) = self.verified_name() {
+            return name;
+        }
+        match self.cmdline.first() {
+            Some(arg0) => format!("{} [unverified]", arg0.rsplit('/').next().unwrap_or(arg0)),
+            None => "? [unverified]".into(),
+        }
+    }
+
+    /// This process, pinned by pid, start time and name.
+    pub fn pinned(&self) -> ProcessRef {
+        ProcessRef {
+            pid: self.pid,
+            start_time: self.start_time,
+            name: self.name(),
+        }
     }
 
     fn is_shell(&self) -> bool {
         const SHELLS: &[&str] = &[
             "sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "tcsh", "csh", "busybox",
         ];
-        SHELLS.contains(&self.name().as_str())
+        self.verified_name()
+            .is_some_and(|name| SHELLS.contains(&name.as_str()))
     }
 
     /// A shell run as `sh -c '…'`: a wrapper some program used to start
@@ -60,7 +92,7 @@ impl ProcessInfo {
     }
 
     fn is_ssh(&self) -> bool {
-        self.name() == "ssh"
+        self.verified_name().as_deref() == Some("ssh")
     }
 }
 
@@ -75,8 +107,11 @@ pub struct Peer {
     /// The connecting process first, then its ancestors up to its session
     /// leader. Empty when the process could not be identified.
     pub chain: Vec<ProcessInfo>,
-    /// Keeps the pid from being reused while we hold it.
-    _pidfd: Option<OwnedFd>,
+    /// Tells whether the connecting process has exited.
+    pidfd: Option<OwnedFd>,
+    /// Set, for good, once a recheck found the connecting process gone or
+    /// running another executable: why its identity is no longer verified.
+    drifted: OnceLock<String>,
 }
 
 impl Peer {
@@ -92,9 +127,15 @@ impl Peer {
         let chain = read_chain(pid).unwrap_or_default();
         let groups = read_groups(pid).unwrap_or_default();
         // The chain is only trusted if its first process is still the one
-        // that connected (same start time as read at the beginning).
+        // that connected: running (pidfd), same start time, same uid.
+        // Without a pidfd (kernels before 5.3) the start time alone decides.
+        let still_running = pidfd.as_ref().is_none_or(|fd| !has_exited(fd));
         let chain = match chain.first() {
-            Some(first) if read_start_time(pid) == Some(first.start_time) && first.uid == uid => {
+            Some(first)
+                if still_running
+                    && read_start_time(pid) == Some(first.start_time)
+                    && first.uid == uid =>
+            {
                 chain
             }
             _ => Vec::new(),
@@ -105,8 +146,86 @@ impl Peer {
             pid,
             groups,
             chain,
-            _pidfd: pidfd,
+            pidfd,
+            drifted: OnceLock::new(),
         })
+    }
+
+    /// Looks at the connecting process again, before a request is decided:
+    /// it must still be running the executable it ran at accept. Once it
+    /// is not, the identity stays unverified for this connection.
+    pub fn recheck(&self) {
+        if self.drifted.get().is_some() {
+            return;
+        }
+        let Some(first) = self.chain.first() else {
+            return;
+        };
+        let gone = || match &self.pidfd {
+            Some(pidfd) => has_exited(pidfd),
+            None => read_start_time(self.pid) != Some(first.start_time),
+        };
+        const GONE: &str = "the connecting process has exited (its connection was handed on)";
+        let why = if gone() {
+            Some(GONE.to_string())
+        } else {
+            let links = crate::helper::links(&[self.pid]).pop();
+            let now_exe = links
+                .filter(|l| l.start_time == Some(first.start_time))
+                .and_then(|l| l.exe);
+            // Looked at again after the read: the link was this process's.
+            if gone() {
+                Some(GONE.to_string())
+            } else if now_exe != first.exe {
+                let now = now_exe.map_or_else(
+                    || "an unreadable executable".into(),
+                    |e| e.display().to_string(),
+                );
+                Some(format!(
+                    "the connecting process {} now runs {now}",
+                    self.pid
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some(why) = why {
+            let _ = self.drifted.set(why);
+        }
+    }
+
+    /// Why the requesting program is no longer verified, if it is not.
+    pub fn drift(&self) -> Option<&str> {
+        self.drifted.get().map(String::as_str)
+    }
+
+    /// The requesting program's executable, if it is known and verified.
+    pub fn program_exe(&self) -> Option<&Path> {
+        if self.drifted.get().is_some() {
+            return None;
+        }
+        self.program().and_then(|p| p.exe.as_deref())
+    }
+
+    /// The process a request is attributed to for remembered answers and
+    /// flood protection: the first ancestor that is neither ssh nor a
+    /// `sh -c` wrapper (the shell of the terminal the ssh was typed in, or
+    /// the git that ran it), else the connecting process itself.
+    pub fn anchor(&self) -> ProcessRef {
+        let anchor = self
+            .chain
+            .iter()
+            .skip(1)
+            .find(|p| !p.is_ssh() && !p.is_command_wrapper())
+            .or(self.chain.first());
+        match anchor {
+            Some(process) => process.pinned(),
+            None => ProcessRef {
+                pid: self.pid,
+                start_time: 0,
+                name: "unidentified process".into(),
+            },
+        }
     }
 
     /// The program a policy matches: the first ancestor that is not ssh
@@ -143,6 +262,9 @@ impl Peer {
         if let Some(cwd) = self.chain.first().and_then(|p| p.cwd.as_ref()) {
             text.push_str(&format!(" in {}", cwd.display()));
         }
+        if let Some(why) = self.drift() {
+            text.push_str(&format!(" (unverified since connect: {why})"));
+        }
         text
     }
 }
@@ -156,6 +278,21 @@ impl fmt::Display for Peer {
             self.pid,
             self.describe_chain()
         )
+    }
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd polls
+/// readable). An error counts as exited: fail closed.
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut fds, Some(&now)) {
+        Ok(ready) => ready > 0,
+        Err(_) => true,
     }
 }
 
@@ -311,7 +448,8 @@ mod tests {
             pid: chain.first().map_or(0, |p| p.pid),
             groups: vec![],
             chain,
-            _pidfd: None,
+            pidfd: None,
+            drifted: OnceLock::new(),
         }
     }
 

@@ -153,6 +153,9 @@ impl Requester {
             request,
             kind: audited,
         }));
+        // The identity read at accept decides; this only notices that the
+        // connecting process has since exited or exec'd another program.
+        self.peer.recheck();
         let decided = decide::decide(
             &master.policy,
             &master.config,

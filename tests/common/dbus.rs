@@ -88,7 +88,8 @@ pub const ALLOW_REMEMBER: &str = "muxguard-allow-remember";
 /// method reply has been sent; a zero delay emits the signal right after it.
 #[derive(Clone, Debug)]
 pub enum Reply {
-    /// `ActionInvoked(id, key)`.
+    /// `ActionInvoked(id, key)` followed at once by
+    /// `NotificationClosed(id, 2)`, as a real server sends for a click.
     Action { key: String, after: Duration },
     /// `NotificationClosed(id, reason)`.
     Close { reason: u32, after: Duration },
@@ -244,8 +245,12 @@ impl Notifications {
                 Reply::Never => {}
                 Reply::Action { key, after } => {
                     tokio::time::sleep(after).await;
+                    // As a real desktop does on a click (dunst, measured):
+                    // the action, then at once the close, "dismissed".
                     shared.note_emitted(id, format!("ActionInvoked {key}"));
                     let _ = Notifications::action_invoked(&emitter, id, &key).await;
+                    shared.note_emitted(id, "NotificationClosed 2".into());
+                    let _ = Notifications::notification_closed(&emitter, id, 2).await;
                 }
                 Reply::Close { reason, after } => {
                     tokio::time::sleep(after).await;
