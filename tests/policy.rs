@@ -15,6 +15,7 @@ use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::env::set_mode;
 use common::master::MUXGUARD;
@@ -903,4 +904,104 @@ action = \"allow\"
     );
     env.assert_connections(1);
     assert_master_alive(&env, &master);
+}
+
+/// A raw mux client in python, made a session leader so that it is the
+/// requesting program itself: connects, waits for the master's HELLO (the
+/// master has read who connected), forks a child that keeps the socket,
+/// and then either stays (`stay`) or execs `sleep` (`exec`). The child
+/// asks for `touch MARKER` and prints what the master answered.
+const HANDOFF_CLIENT: &str = r#"
+import os, socket, struct, sys, time
+path, marker, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+os.setsid()
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+def recvall(n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            sys.exit("master closed")
+        data += chunk
+    return data
+recvall(struct.unpack(">I", recvall(4))[0])
+u32 = lambda v: struct.pack(">I", v)
+string = lambda b: u32(len(b)) + b
+packet = lambda body: u32(len(body)) + body
+if os.fork() == 0:
+    if mode == "exec":
+        time.sleep(1)
+    s.sendall(packet(u32(1) + u32(4)))
+    s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
+                     + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
+    null = os.open("/dev/null", os.O_RDWR)
+    for _ in range(3):
+        socket.send_fds(s, [b"\0"], [null])
+    s.settimeout(20)
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+if mode == "exec":
+    os.execv("/usr/bin/sleep", ["sleep", "2"])
+os.wait()
+"#;
+
+/// Connect, hand the socket to a child and exec another program: the
+/// identity read at accept is not carried over to what runs under that pid
+/// now. A rule allows python, the client connects as python and then
+/// execs sleep: its request is refused as an unverified program, and the
+/// audit log says why. The control (no exec) is allowed by the same rule.
+#[test]
+fn a_client_that_execs_after_connecting_loses_its_identity() {
+    let env = TestEnv::new();
+    let policies = Policies::new(&env);
+    write_policy(
+        &policies.user,
+        "\
+[defaults]
+action = \"deny\"
+
+[[rule]]
+name = \"python\"
+programs = [\"/usr/bin/python3*\"]
+action = \"allow\"
+",
+    );
+    let _master = start_with_policy(&env, &policies);
+    let attempt = |mode: &str| {
+        let marker = marker(&env, mode);
+        let out = run(env
+            // Debian's, which the rule names (not a pyenv shim on PATH).
+            .command("/usr/bin/python3")
+            .args(["-c", HANDOFF_CLIENT])
+            .arg(env.control_path())
+            .arg(&marker)
+            .arg(mode));
+        out.assert_success("the handoff client");
+        marker
+    };
+    let stayed = attempt("stay");
+    assert!(
+        common::process::poll_until(Duration::from_secs(10), || stayed.exists()),
+        "the control request (no exec) was not allowed"
+    );
+    let execed = attempt("exec");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !execed.exists(),
+        "a request ran on the identity of a program that exec'd away"
+    );
+    let audit = fs::read_to_string(env.path().join("state/muxguard/audit.jsonl")).expect("audit");
+    let refusal = audit
+        .lines()
+        .rfind(|l| l.contains("\"decision\""))
+        .expect("a decision");
+    assert!(
+        refusal.contains("\"deny\"") && refusal.contains("now runs /usr/bin/sleep"),
+        "{refusal}"
+    );
 }
