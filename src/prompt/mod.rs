@@ -485,6 +485,16 @@ mod tests {
         }
     }
 
+    /// One ask with no way to ask anyone.
+    fn ask_nobody(memory: &PromptMemory, key: AskKey) -> Asked {
+        crate::test_support::runtime().block_on(memory.ask(
+            &Prompter::none(),
+            key,
+            &text(),
+            times(),
+        ))
+    }
+
     #[test]
     fn nobody_to_ask_is_unavailable_and_not_remembered() {
         crate::test_support::runtime().block_on(async {
@@ -521,14 +531,7 @@ mod tests {
         let listed = memory.remembered();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].1 > 590);
-        let ask = |key: AskKey| {
-            crate::test_support::runtime().block_on(memory.ask(
-                &Prompter::none(),
-                key,
-                &text(),
-                times(),
-            ))
-        };
+        let ask = |key: AskKey| ask_nobody(&memory, key);
         // Another command of the same kind from the same shell: covered.
         assert!(matches!(
             ask(key("exec", "make", 1)),
@@ -559,14 +562,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert(requester(1), Instant::now() + Duration::from_secs(30));
-        let ask = |key: AskKey| {
-            crate::test_support::runtime().block_on(memory.ask(
-                &Prompter::none(),
-                key,
-                &text(),
-                times(),
-            ))
-        };
+        let ask = |key: AskKey| ask_nobody(&memory, key);
         assert_eq!(ask(key("shell", "", 1)), Asked::CoolingDown);
         assert!(matches!(ask(key("shell", "", 2)), Asked::Prompted { .. }));
     }
