@@ -1245,3 +1245,32 @@ fn a_long_command_never_skips_the_askpass_prompt() {
     assert!(short.exists());
     assert_eq!(fs::read_to_string(&count).unwrap().trim(), "2");
 }
+
+/// A notification server that never answers `Notify` (a hung name owner):
+/// the prompt fails within the bus call bound, the request is refused as a
+/// prompt that could not be shown (with `no_prompter = "allow"`, which must
+/// not apply), and nothing is left open: the next request of the same
+/// requester is asked again rather than refused as busy.
+#[test]
+fn a_hung_notification_server_fails_the_prompt_closed() {
+    let setup = Setup::start(Options {
+        server: Some(ServerConfig {
+            notify_delay: Duration::from_secs(60),
+            default_reply: Reply::allow_once(Duration::ZERO),
+            ..ServerConfig::default()
+        }),
+        prompt_timeout: "30s",
+        no_prompter: "allow",
+        ..Options::default()
+    });
+    for name in ["hung-1", "hung-2"] {
+        let marker = setup.marker(name);
+        let (out, took, _) = setup
+            .spawn(&format!("touch {}", marker.display()))
+            .wait_timed();
+        assert_refused(&out, "could not be shown", &setup);
+        assert!(!marker.exists());
+        assert!(took < Duration::from_secs(20), "refused after {took:?}");
+    }
+    assert_eq!(setup.server().notifies().len(), 2);
+}

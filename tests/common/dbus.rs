@@ -166,6 +166,8 @@ struct Shared {
     next_id: AtomicU32,
     screensaver_active: AtomicBool,
     screensaver_delay_ms: AtomicU64,
+    /// How long `Notify` takes to reply (a hung server).
+    notify_delay: Duration,
 }
 
 impl Shared {
@@ -234,6 +236,9 @@ impl Notifications {
             .pop_front()
             .unwrap_or_else(|| self.shared.default_reply.clone());
 
+        if !self.shared.notify_delay.is_zero() {
+            tokio::time::sleep(self.shared.notify_delay).await;
+        }
         let (response, sent) = ResponseDispatchNotifier::new(id);
         let emitter = emitter.to_owned();
         let shared = Arc::clone(&self.shared);
@@ -344,6 +349,8 @@ pub struct ServerConfig {
     pub default_reply: Reply,
     /// Also own `org.freedesktop.ScreenSaver`, unlocked at first.
     pub screensaver: bool,
+    /// How long each `Notify` takes to reply; zero for at once.
+    pub notify_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -353,6 +360,7 @@ impl Default for ServerConfig {
             replies: Vec::new(),
             default_reply: Reply::Never,
             screensaver: false,
+            notify_delay: Duration::ZERO,
         }
     }
 }
@@ -394,6 +402,7 @@ impl NotificationServer {
             next_id: AtomicU32::new(1),
             screensaver_active: AtomicBool::new(false),
             screensaver_delay_ms: AtomicU64::new(0),
+            notify_delay: config.notify_delay,
         });
         let (requests, mut incoming) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
