@@ -476,6 +476,26 @@ mod tests {
     }
 
     #[test]
+    fn an_argv0_only_name_is_never_taken_as_a_shell_or_ssh() {
+        let ssh = process(10, "/usr/bin/ssh", &["ssh", "host", "true"]);
+        let mut disguised = process(9, "/unused", &["bash"]);
+        disguised.exe = None;
+        let via_disguise = peer(vec![ssh.clone(), disguised]);
+        // Not "ssh run from a shell" (which would make ssh the program):
+        // the unverified process is the program, and its exe is unknown.
+        let program = via_disguise.program().unwrap();
+        assert_eq!(program.pid, 9);
+        assert_eq!(program.name(), "bash [unverified]");
+        assert_eq!(via_disguise.program_exe(), None);
+        assert_eq!(via_disguise.anchor().pid, 9);
+        assert!(
+            via_disguise
+                .describe_chain()
+                .contains("bash [unverified] (9)")
+        );
+    }
+
+    #[test]
     fn our_own_process_reads_back() {
         let me = std::process::id();
         let chain = read_chain(me).unwrap();
