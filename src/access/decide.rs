@@ -343,6 +343,7 @@ async fn ask(
         },
     };
     let text = prompt_text(host, peer, asked, &key, settings.remember);
+    let anchor = key.requester.anchor.clone();
     let result = prompting
         .memory
         .ask(
@@ -367,14 +368,11 @@ async fn ask(
             DecisionSource::Remembered,
         ),
         PromptResult::CoolingDown => (
-            deny(format!(
-                "cool-down after a refused prompt from {}",
-                peer.anchor()
-            )),
+            deny(format!("cool-down after a refused prompt from {anchor}")),
             DecisionSource::Prompt,
         ),
         PromptResult::Busy => (
-            deny(format!("another prompt from {} is open", peer.anchor())),
+            deny(format!("another prompt from {anchor} is open")),
             DecisionSource::Prompt,
         ),
         PromptResult::Prompted { answer, shared } => {

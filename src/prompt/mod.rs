@@ -431,7 +431,7 @@ impl PromptMemory {
 
     /// Drops what has expired, so the maps do not grow with every
     /// requester ever seen.
-    pub fn prune(&self) {
+    fn prune(&self) {
         let now = Instant::now();
         self.remembered
             .lock()
