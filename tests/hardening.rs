@@ -141,6 +141,32 @@ fn as_user(cmd: &mut Command, (uid, gid): (u32, u32)) -> &mut Command {
     cmd.uid(uid).gid(gid)
 }
 
+/// Starts our master as `user` (after [`give_to`]) and waits until it
+/// answers that user's `-O check`. Returns it and its log's path.
+fn start_master_as(env: &TestEnv, user: (u32, u32)) -> (ChildGuard, std::path::PathBuf) {
+    let mut cmd = env.command(MUXGUARD);
+    cmd.arg("connect")
+        .arg("-F")
+        .arg(env.config_path())
+        .args(["--foreground", HOST]);
+    let log = env.logs_dir().join("unprivileged-master.log");
+    let out = std::fs::File::create(&log).expect("log");
+    as_user(&mut cmd, user)
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out);
+    let master = ChildGuard::spawn(cmd, "unprivileged master");
+    wait_for(
+        "the unprivileged master to answer",
+        Duration::from_secs(30),
+        || {
+            run(as_user(env.ssh().args(["-O", "check", HOST]), user))
+                .status
+                .success()
+        },
+    );
+    (master, log)
+}
+
 /// Tries, as `user`, what sshjack-style hijacking needs: ptrace-attach to
 /// `pid`, open its memory, read its environment. One line per attempt:
 /// `attach ok` or `attach EPERM`, and so on.
@@ -193,26 +219,7 @@ fn same_user_cannot_ptrace_the_master_or_read_its_memory() {
     let _ = victim.wait();
     assert_eq!(control, "attach ok\nmem ok\nenviron ok\n");
 
-    let mut cmd = env.command(MUXGUARD);
-    cmd.arg("connect")
-        .arg("-F")
-        .arg(env.config_path())
-        .args(["--foreground", HOST]);
-    let log = env.logs_dir().join("unprivileged-master.log");
-    let out = std::fs::File::create(&log).expect("log");
-    as_user(&mut cmd, user)
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out);
-    let master = ChildGuard::spawn(cmd, "unprivileged master");
-    wait_for(
-        "the unprivileged master to answer",
-        Duration::from_secs(30),
-        || {
-            run(as_user(env.ssh().args(["-O", "check", HOST]), user))
-                .status
-                .success()
-        },
-    );
+    let (master, log) = start_master_as(&env, user);
     let pid = master.id();
     assert_eq!(
         hijack_attempts(&env, user, pid),
@@ -506,4 +513,82 @@ fn policy_written_after_start_is_read_under_the_sandbox() {
     let out = run(&mut env.ssh_cmd("true"));
     assert_eq!(out.code(), Some(255), "{out:#?}");
     assert!(out.stderr.contains("nothing today"), "{out:#?}");
+}
+
+/// A process whose executable cannot be read (here: one that made itself
+/// non-dumpable, so its own user's master cannot read /proc/PID/exe) is
+/// known only by the argv\[0\] it chose. Calling itself "bash" must not
+/// make the ssh it runs look like ssh typed in a shell: the requesting
+/// program is that unverified process, and a `programs` rule for ssh does
+/// not admit it. The control, ssh run by a real bash script, is admitted,
+/// so the refusal is the unverified name's doing.
+#[test]
+fn an_argv0_only_name_never_satisfies_a_programs_rule() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    const DISGUISED: &str = r#"
+import ctypes, subprocess, sys
+PR_SET_DUMPABLE = 4
+assert ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+sys.exit(subprocess.run(sys.argv[1:]).returncode)
+"#;
+    let user = test_user();
+    let env = TestEnv::new();
+    let dir = env.path().join("config/muxguard");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("policy.toml"),
+        "[defaults]\naction = \"deny\"\n\n\
+         [[rule]]\nname = \"ssh typed in a shell\"\nprograms = [\"/usr/bin/ssh\"]\n\
+         action = \"allow\"\n",
+    )
+    .expect("write policy");
+    let script = env.path().join("run-ssh.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "ssh -F {} {HOST} echo served\n",
+            env.config_path().display()
+        ),
+    )
+    .expect("write script");
+    give_to(&env, user);
+    let (_master, log) = start_master_as(&env, user);
+
+    let from_bash = run(as_user(env.command("/bin/bash").arg(&script), user));
+    from_bash.assert_success("ssh run by a bash script");
+    assert_eq!(from_bash.stdout.trim(), "served");
+
+    let mut disguised = env.command("/usr/bin/python3");
+    disguised
+        .arg0("bash")
+        .args(["-c", DISGUISED])
+        .arg("ssh")
+        .arg("-F")
+        .arg(env.config_path())
+        .args([HOST, "echo", "served"]);
+    let refused = run(as_user(&mut disguised, user));
+    assert!(
+        !refused.status.success() && !refused.stdout.contains("served"),
+        "an argv[0]-only \"bash\" got ssh admitted: {refused:#?}\nmaster log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let audit = audit_log(&env);
+    let decision = audit
+        .lines()
+        .rfind(|l| l.contains("\"decision\""))
+        .expect("a decision");
+    assert!(decision.contains("\"deny\""), "{decision}");
+    // The audit shows the chain as read: ssh, then the disguised process
+    // under its chosen name, marked, with no executable.
+    let connect = audit
+        .lines()
+        .rfind(|l| l.contains("\"client_connect\""))
+        .expect("the client's record");
+    assert!(
+        connect.contains(r#""name":"ssh","exe":"/usr/bin/ssh""#)
+            && connect.contains(r#""name":"bash [unverified]","cmdline":["bash","-c""#),
+        "{connect}"
+    );
 }
