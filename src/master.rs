@@ -153,10 +153,7 @@ impl MasterState {
     /// `muxguard status`: connection, sessions, forwards, remembered answers.
     pub fn describe_status(&self) -> String {
         let mut text = self.describe_connection();
-        if let Some(extra) = self.overflow.describe() {
-            text.push_str(&extra);
-            text.push('\n');
-        }
+        text.push_str(&self.overflow.describe());
         text.push_str(&self.describe_sessions().replace("\r\n", "\n"));
         let remembered = self.prompts.remembered();
         if remembered.is_empty() {

@@ -357,27 +357,12 @@ fn sessions_beyond_max_sessions_use_additional_connections() {
         return;
     }
     let env = TestEnv::with_sshd_config(&SshdConfig { max_sessions: 10 });
-    let agent_socket = env.path().join("run/agent.sock");
-    let _agent = ChildGuard::spawn(
-        {
-            let mut cmd = env.command("ssh-agent");
-            cmd.arg("-D").arg("-a").arg(&agent_socket);
-            cmd.stdout(Stdio::null());
-            cmd
-        },
-        "ssh-agent",
-    );
-    assert!(poll_until(Duration::from_secs(10), || agent_socket.exists()));
-    let added = run(env
-        .command("ssh-add")
-        .arg(env.path().join("home/id_ed25519"))
-        .env("SSH_AUTH_SOCK", &agent_socket));
-    added.assert_success("ssh-add");
+    let agent = common::agent::Agent::start(&env);
     let master = common::Master::start_with_args_env(
         &env,
         MasterKind::Muxguard,
         &[] as &[&str],
-        &[("SSH_AUTH_SOCK", &agent_socket)],
+        &[("SSH_AUTH_SOCK", &agent.socket)],
     );
 
     let outcomes: Vec<(u32, Output)> = thread::scope(|scope| {

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod connect;
 pub mod forward;
 pub mod known_hosts;
+pub mod lanes;
 pub mod overflow;
 pub mod session;
 pub mod socks;

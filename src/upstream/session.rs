@@ -26,6 +26,7 @@ use crate::mux::passed_fd::{InputSource, OutputSink, PassedFd};
 use crate::mux::server;
 use crate::mux::wire::{self, ServerMessage, SessionRequest};
 use crate::spill::SpillBuffer;
+use crate::upstream::lanes::ChannelClass;
 use crate::upstream::ttymodes;
 
 /// Input is read in chunks of at most one SSH packet's worth.
@@ -102,11 +103,16 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         ));
     };
 
+    let class = ChannelClass::of_session(request.want_tty);
     let opened = master
         .overflow
-        .open_session(&master.upstream, &master.config)
+        .open_session(&master.upstream, &master.config, class)
         .await
         .map_err(SessionOpenError::Refused)?;
+    if opened.wants_warm_lane {
+        let master = Arc::clone(&master);
+        tokio::spawn(async move { master.overflow.warm_lane(&master.config).await });
+    }
     let (channel, connection, _lease) = (opened.channel, opened.handle, opened.lease);
 
     // A duplicate of a terminal stdin, for modes now and window size later.
