@@ -476,6 +476,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
 
     let overflow = crate::upstream::overflow::Overflow::new(
         &config,
+        Arc::clone(&upstream.handle),
         upstream.reconnect.clone(),
         Arc::clone(&remote_routes),
     );

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use super::connect::{self, ClientHandler, ClosedReason, Reconnect};
 use super::forward::RemoteRoutes;
 use super::lanes::{self, ChannelClass, Load};
+use super::uplink::{Typing, Uplink};
 use crate::config::HostConfig;
 
 /// At most this many additional connections (so 100 sessions fit under
@@ -57,6 +58,7 @@ struct Extra {
     number: u32,
     purpose: Purpose,
     handle: Arc<Handle<ClientHandler>>,
+    uplink: Arc<Uplink>,
     closed: watch::Receiver<ClosedReason>,
 }
 
@@ -146,6 +148,8 @@ pub struct Overflow {
     /// Why additional connections cannot be made at all, if so.
     unavailable: Option<String>,
     connections: Shared,
+    primary_uplink: Arc<Uplink>,
+    typing: Typing,
     /// One new connection at a time: a burst of refusals waits for it
     /// instead of opening one each.
     opening: tokio::sync::Mutex<Option<(Instant, String)>>,
@@ -160,6 +164,7 @@ pub struct Lease {
     slot: Slot,
     class: ChannelClass,
     connections: Shared,
+    typing: Typing,
 }
 
 impl Drop for Lease {
@@ -168,6 +173,9 @@ impl Drop for Lease {
             let mut connections = self.connections.lock().expect("not poisoned");
             if let Some(load) = connections.load_of(&self.slot) {
                 load.remove(self.class);
+            }
+            if self.class == ChannelClass::Interactive {
+                self.typing.fetch_sub(1, Ordering::Relaxed);
             }
             connections.take_done()
         };
@@ -180,6 +188,8 @@ impl Drop for Lease {
 pub struct Opened {
     pub channel: Channel<Msg>,
     pub handle: Arc<Handle<ClientHandler>>,
+    /// Where a bulk session's input waits for its turn.
+    pub uplink: Arc<Uplink>,
     pub lease: Lease,
     /// A lane should be opened ahead of need now
     /// ([`Overflow::warm_lane`]).
@@ -189,9 +199,11 @@ pub struct Opened {
 impl Overflow {
     pub fn new(
         config: &HostConfig,
+        primary: Arc<Handle<ClientHandler>>,
         reconnect: Reconnect,
         remote_routes: Arc<RemoteRoutes>,
     ) -> Self {
+        let typing = Typing::default();
         let unavailable = (!possible(config))
             .then(|| "no ssh-agent to authenticate another connection with".to_owned());
         Overflow {
@@ -199,6 +211,8 @@ impl Overflow {
             remote_routes,
             unavailable,
             connections: Arc::default(),
+            primary_uplink: Uplink::new(primary, Arc::clone(&typing)),
+            typing,
             opening: tokio::sync::Mutex::new(None),
             lane_failure: Mutex::new(None),
             next_number: AtomicU32::new(1),
@@ -210,16 +224,28 @@ impl Overflow {
     pub fn describe(&self) -> String {
         let connections = self.connections.lock().expect("not poisoned");
         let count = |l: &Load| format!("{} interactive, {} bulk", l.interactive, l.bulk);
-        let mut text = format!("first connection: {}\n", count(&connections.primary));
+        let paced = |uplink: &Uplink| match uplink.paced_rate() {
+            Some(rate) => format!(
+                "; bulk input paced at {:.1} MiB/s while someone types",
+                rate / (1024.0 * 1024.0)
+            ),
+            None => String::new(),
+        };
+        let mut text = format!(
+            "first connection: {}{}\n",
+            count(&connections.primary),
+            paced(&self.primary_uplink)
+        );
         for (extra, load) in &connections.extras {
             let why = match extra.purpose {
                 Purpose::Overflow => "for sessions the server refused on the first",
                 Purpose::Lane => "lane, keeps interactive and bulk sessions apart",
             };
             text.push_str(&format!(
-                "additional connection #{} ({why}): {}\n",
+                "additional connection #{} ({why}): {}{}\n",
                 extra.number,
-                count(load)
+                count(load),
+                paced(&extra.uplink)
             ));
         }
         if let Some(why) = self.lanes_unavailable() {
@@ -300,10 +326,14 @@ impl Overflow {
         if let Some(load) = connections.load_of(&slot) {
             load.add(class);
         }
+        if class == ChannelClass::Interactive {
+            self.typing.fetch_add(1, Ordering::Relaxed);
+        }
         Lease {
             slot,
             class,
             connections: Arc::clone(&self.connections),
+            typing: Arc::clone(&self.typing),
         }
     }
 
@@ -325,6 +355,7 @@ impl Overflow {
                 return Ok(Opened {
                     channel,
                     handle: Arc::clone(primary),
+                    uplink: Arc::clone(&self.primary_uplink),
                     lease,
                     wants_warm_lane,
                 });
@@ -469,6 +500,7 @@ impl Overflow {
         let extra = Arc::new(Extra {
             number,
             purpose,
+            uplink: Uplink::new(Arc::clone(&upstream.handle), Arc::clone(&self.typing)),
             handle: upstream.handle,
             closed: upstream.closed,
         });
@@ -503,14 +535,15 @@ impl Overflow {
     /// Opens a session channel on the connection `lease` counts it on;
     /// dropping the lease on failure undoes the count.
     async fn open_on(&self, lease: Lease) -> Result<Opened, String> {
-        let handle = match &lease.slot {
-            Slot::Extra(extra) => Arc::clone(&extra.handle),
+        let (handle, uplink) = match &lease.slot {
+            Slot::Extra(extra) => (Arc::clone(&extra.handle), Arc::clone(&extra.uplink)),
             Slot::Primary => return Err("internal error: no additional connection".into()),
         };
         match handle.channel_open_session().await {
             Ok(channel) => Ok(Opened {
                 channel,
                 handle,
+                uplink,
                 lease,
                 wants_warm_lane: false,
             }),

@@ -28,6 +28,7 @@ use crate::mux::wire::{self, ServerMessage, SessionRequest};
 use crate::spill::SpillBuffer;
 use crate::upstream::lanes::ChannelClass;
 use crate::upstream::ttymodes;
+use crate::upstream::uplink::Uplink;
 
 /// Input is read in chunks of at most one SSH packet's worth.
 const READ_CHUNK: usize = 32 * 1024;
@@ -114,6 +115,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         tokio::spawn(async move { master.overflow.warm_lane(&master.config).await });
     }
     let (channel, connection, _lease) = (opened.channel, opened.handle, opened.lease);
+    let pace = (class == ChannelClass::Bulk).then_some(opened.uplink);
 
     // A duplicate of a terminal stdin, for modes now and window size later.
     let tty_fd: Option<OwnedFd> = if request.want_tty {
@@ -212,6 +214,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let input = spawn_input(
         stdin,
         escape,
+        pace,
         Arc::clone(&upstream_tx),
         escape_tx,
         Arc::clone(&traffic),
@@ -449,10 +452,12 @@ fn spawn_output(
 }
 
 /// Starts the reader of the client's stdin: data goes upstream as the
-/// server's window allows; on a terminal, escapes are filtered out.
+/// server's window allows, and for a bulk session as `pace` allows while
+/// someone types; on a terminal, escapes are filtered out.
 fn spawn_input(
     stdin: PassedFd,
     mut escape: Option<EscapeFilter>,
+    pace: Option<Arc<Uplink>>,
     upstream: Arc<russh::ChannelWriteHalf<Msg>>,
     actions: mpsc::UnboundedSender<EscapeAction>,
     traffic: Arc<Traffic>,
@@ -474,6 +479,9 @@ fn spawn_input(
                 .to_server
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let Some(filter) = escape.as_mut() else {
+                if let Some(uplink) = &pace {
+                    uplink.admit(ChannelClass::Bulk, chunk.len()).await;
+                }
                 if upstream.data_bytes(chunk).await.is_err() {
                     return;
                 }
