@@ -209,6 +209,12 @@ pub struct ConnectArgs {
     /// audit log and shown by `muxguard status`
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Keep every session on the one connection. By default, with an
+    /// ssh-agent, bulk sessions next to an interactive one (or the other
+    /// way round) go on a second connection, a lane, so typing never
+    /// queues behind a transfer; that is one more login to the server
+    #[arg(long)]
+    pub no_lanes: bool,
     #[command(flatten)]
     pub policy: PolicyFiles,
     #[command(flatten)]
@@ -223,6 +229,12 @@ pub struct EnsureArgs {
     /// Persistence of a master started by ensure (see connect --persist)
     #[arg(long, value_name = "DURATION|yes|no")]
     pub persist: Option<Persist>,
+    /// Keep every session on the one connection. By default, with an
+    /// ssh-agent, bulk sessions next to an interactive one (or the other
+    /// way round) go on a second connection, a lane, so typing never
+    /// queues behind a transfer; that is one more login to the server
+    #[arg(long)]
+    pub no_lanes: bool,
     #[command(flatten)]
     pub policy: PolicyFiles,
     #[command(flatten)]

@@ -39,6 +39,9 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         if args.no_sandbox {
             child_args.push("--no-sandbox".into());
         }
+        if args.no_lanes {
+            child_args.push("--no-lanes".into());
+        }
         if let Some(file) = &args.audit_log {
             child_args.push("--audit-log".into());
             child_args.push(file.into());
@@ -74,6 +77,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         } else {
             crate::sandbox::Mode::Enforce
         },
+        lanes: !args.no_lanes,
         on_ready: Box::new(move |_| {
             if daemon_child {
                 daemon::detach(&log_file)

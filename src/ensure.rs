@@ -46,6 +46,9 @@ pub fn run(args: EnsureArgs) -> anyhow::Result<ExitCode> {
         connect_args.push("--persist".into());
         connect_args.push(crate::connect::persist_arg(persist).into());
     }
+    if args.no_lanes {
+        connect_args.push("--no-lanes".into());
+    }
     connect_args.extend(args.policy.to_args());
     connect_args.extend(args.ssh.to_args());
     match daemon::spawn_and_wait(&connect_args)? {

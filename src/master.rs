@@ -289,6 +289,9 @@ pub struct MasterOptions {
     pub audit_log: Option<PathBuf>,
     /// Whether to sandbox the master (`--no-sandbox` is for debugging).
     pub sandbox: sandbox::Mode,
+    /// Whether bulk and interactive sessions may be kept on separate
+    /// connections (`--no-lanes` says no).
+    pub lanes: bool,
     /// Called once the control socket is live; daemon mode detaches here.
     pub on_ready: ReadyHook,
 }
@@ -432,6 +435,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         policy,
         audit_log,
         sandbox,
+        lanes,
         on_ready,
     } = options;
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
@@ -476,6 +480,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
 
     let overflow = crate::upstream::overflow::Overflow::new(
         &config,
+        lanes,
         Arc::clone(&upstream.handle),
         upstream.reconnect.clone(),
         Arc::clone(&remote_routes),

@@ -91,11 +91,11 @@ fn bulk_port(env: &TestEnv) -> u16 {
     source_port(out.stdout.trim())
 }
 
-fn master_with_agent(env: &TestEnv, agent: &Agent) -> Master {
+fn master_with_agent(env: &TestEnv, agent: &Agent, args: &[&str]) -> Master {
     Master::start_with_args_env(
         env,
         MasterKind::Muxguard,
-        &[] as &[&str],
+        args,
         &[("SSH_AUTH_SOCK", &agent.socket)],
     )
 }
@@ -107,7 +107,7 @@ fn bulk_next_to_a_shell_runs_on_a_warm_lane_that_closes_after() {
     }
     let env = TestEnv::new();
     let agent = Agent::start(&env);
-    let master = master_with_agent(&env, &agent);
+    let master = master_with_agent(&env, &agent, &[]);
     let alone = bulk_port(&env);
 
     let shell = Open::start(&env, true);
@@ -156,7 +156,7 @@ fn a_shell_opened_during_a_transfer_gets_a_lane_of_its_own() {
     }
     let env = TestEnv::new();
     let agent = Agent::start(&env);
-    let master = master_with_agent(&env, &agent);
+    let master = master_with_agent(&env, &agent, &[]);
     let transfer = Open::start(&env, false);
     let shell = Open::start(&env, true);
     assert_ne!(
@@ -201,4 +201,60 @@ fn without_an_agent_everything_shares_one_connection() {
     );
     shell.end();
     assert_eq!(env.sshd().accepted_count(), 1);
+}
+
+/// `--no-lanes`: one login, whatever the agent could do, and `status` says
+/// so.
+#[test]
+fn no_lanes_keeps_one_connection_even_with_an_agent() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let agent = Agent::start(&env);
+    let _master = master_with_agent(&env, &agent, &["--no-lanes"]);
+    let shell = Open::start(&env, true);
+    assert_eq!(bulk_port(&env), shell.port);
+    let text = status(&env);
+    assert!(text.contains("lanes: off (--no-lanes)"), "{text}");
+    shell.end();
+    assert_eq!(env.sshd().accepted_count(), 1);
+}
+
+/// On one connection (no agent), a bulk upload next to a shell is paced
+/// while the shell is open, and every byte still arrives.
+#[test]
+fn a_bulk_upload_next_to_a_shell_is_paced_and_complete() {
+    const SIZE: usize = 256 << 20;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = env.start_master(MasterKind::Muxguard);
+    let shell = Open::start(&env, true);
+    let mut upload = env
+        .ssh_cmd("wc -c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = upload.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..SIZE / chunk.len() {
+            stdin.write_all(&chunk).expect("write the upload");
+        }
+    });
+    let paced = poll_until(Duration::from_secs(30), || {
+        status(&env).contains("bulk input paced at")
+    });
+    writer.join().expect("writer");
+    let out = upload.wait_with_output().expect("upload");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        SIZE.to_string()
+    );
+    assert!(paced, "status never showed the upload paced");
+    shell.end();
 }

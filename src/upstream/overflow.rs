@@ -147,6 +147,8 @@ pub struct Overflow {
     remote_routes: Arc<RemoteRoutes>,
     /// Why additional connections cannot be made at all, if so.
     unavailable: Option<String>,
+    /// Why lanes are not used at all, if so.
+    lanes_off: Option<String>,
     connections: Shared,
     primary_uplink: Arc<Uplink>,
     typing: Typing,
@@ -197,8 +199,10 @@ pub struct Opened {
 }
 
 impl Overflow {
+    /// `lanes`: whether lanes may be opened (`--no-lanes` says no).
     pub fn new(
         config: &HostConfig,
+        lanes: bool,
         primary: Arc<Handle<ClientHandler>>,
         reconnect: Reconnect,
         remote_routes: Arc<RemoteRoutes>,
@@ -206,10 +210,15 @@ impl Overflow {
         let typing = Typing::default();
         let unavailable = (!possible(config))
             .then(|| "no ssh-agent to authenticate another connection with".to_owned());
+        let lanes_off = match &unavailable {
+            Some(why) => Some(why.clone()),
+            None => (!lanes).then(|| "--no-lanes".to_owned()),
+        };
         Overflow {
             reconnect,
             remote_routes,
             unavailable,
+            lanes_off,
             connections: Arc::default(),
             primary_uplink: Uplink::new(primary, Arc::clone(&typing)),
             typing,
@@ -258,7 +267,7 @@ impl Overflow {
 
     /// Why lanes cannot be opened now, if so.
     fn lanes_unavailable(&self) -> Option<String> {
-        if let Some(why) = &self.unavailable {
+        if let Some(why) = &self.lanes_off {
             return Some(why.clone());
         }
         let failure = self.lane_failure.lock().expect("not poisoned");
