@@ -361,3 +361,67 @@ fn two_masters_share_one_log() {
         .count();
     assert_eq!(sessions, 20);
 }
+
+/// Anyone who can open the log can hold its lock. That must cost them
+/// refused decisions for as long as they hold it, never a frozen master:
+/// `-O check` is answered at once, a session is refused with the reason
+/// (fail closed) while the lock is still held, and once it is released
+/// sessions run again.
+#[test]
+fn a_held_audit_lock_never_freezes_the_master() {
+    use common::process::{ChildGuard, poll_until};
+    use std::time::Duration;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let log = env.path().join("state/muxguard/audit.jsonl");
+    let _master = env.start_master(MasterKind::Muxguard);
+    let is_locked = || {
+        !run(env
+            .command("flock")
+            .args(["-n", "-s"])
+            .arg(&log)
+            .arg("true"))
+        .status
+        .success()
+    };
+    let mut holder = ChildGuard::spawn(
+        {
+            let mut cmd = env.command("flock");
+            // -o: the lock stays with flock itself, so killing it frees it.
+            cmd.args(["-x", "-o"]).arg(&log).args(["sleep", "60"]);
+            cmd
+        },
+        "flock holder",
+    );
+    assert!(
+        poll_until(Duration::from_secs(10), is_locked),
+        "flock never took the lock"
+    );
+
+    env.control("check")
+        .assert_success("-O check while the log is locked");
+    let refused = run(&mut env.ssh_cmd("echo ran"));
+    assert!(
+        holder.try_status().is_none(),
+        "the master waited for the lock's holder to end"
+    );
+    assert!(
+        !refused.status.success() && !refused.stdout.contains("ran"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused.stderr.contains("audit log") && refused.stderr.contains("lock"),
+        "{}",
+        refused.stderr
+    );
+    env.control("check")
+        .assert_success("-O check after the refusal");
+
+    common::process::kill_tree(holder.id());
+    holder.kill();
+    let out = run(&mut env.ssh_cmd("echo ran"));
+    out.assert_success("a session once the lock is released");
+    assert_eq!(out.stdout.trim(), "ran");
+}

@@ -14,7 +14,10 @@
 //! glued to a partial line.
 //!
 //! The calls block (on the lock, and on `fdatasync` for durable records);
-//! async callers run them on a blocking thread.
+//! async callers run them on a thread of their own. The wait for the lock
+//! is bounded ([`LOCK_WAIT`], or what [`AuditLog::append_within`] is
+//! given): anyone who can open the file can hold its lock, and that must
+//! cost them a refused record, not a master that waits forever.
 
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read};
@@ -26,6 +29,9 @@ use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::chain::{Chain, Event, MasterStart, MasterStop, StreamId, Timestamp};
+
+/// How long a write waits at most for another process's lock on the file.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One master's stream in an audit log file.
 ///
@@ -60,7 +66,12 @@ impl AuditLog {
             chain: Chain::new(stream),
             last_line: Vec::new(),
         };
-        log.write_record(&Event::MasterStart(start), Durability::Synced, write_once)?;
+        log.write_record(
+            &Event::MasterStart(start),
+            Durability::Synced,
+            LOCK_WAIT,
+            write_once,
+        )?;
         Ok(log)
     }
 
@@ -72,7 +83,13 @@ impl AuditLog {
     /// [`AuditLog::start`] writes it) and anything after a `master_stop` are
     /// refused with [`io::ErrorKind::InvalidInput`].
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
-        self.write_record(event, Durability::Buffered, write_once)
+        self.append_within(event, LOCK_WAIT)
+    }
+
+    /// [`append`](Self::append), waiting at most `wait` for the file's
+    /// lock ([`io::ErrorKind::TimedOut`] after it).
+    pub fn append_within(&mut self, event: &Event, wait: std::time::Duration) -> io::Result<()> {
+        self.write_record(event, Durability::Buffered, wait, write_once)
     }
 
     /// Appends a record and returns only once it is on disk (`fdatasync`).
@@ -85,7 +102,7 @@ impl AuditLog {
     /// the caller can still fail closed.
     #[cfg(test)]
     pub fn append_durable(&mut self, event: &Event) -> io::Result<()> {
-        self.write_record(event, Durability::Synced, write_once)
+        self.write_record(event, Durability::Synced, LOCK_WAIT, write_once)
     }
 
     /// Writes the stream's `master_stop` record durably and closes the
@@ -94,7 +111,7 @@ impl AuditLog {
         let event = Event::MasterStop(MasterStop {
             reason: reason.into(),
         });
-        self.write_record(&event, Durability::Synced, write_once)
+        self.write_record(&event, Durability::Synced, LOCK_WAIT, write_once)
     }
 
     /// A second descriptor for the file, to `fdatasync` it without holding
@@ -128,11 +145,12 @@ impl AuditLog {
         &mut self,
         event: &Event,
         durability: Durability,
+        lock_wait: std::time::Duration,
         mut write: impl FnMut(BorrowedFd<'_>, &[u8]) -> io::Result<usize>,
     ) -> io::Result<()> {
         let fd = self.file.as_fd();
         {
-            let _lock = FileLock::exclusive(fd)?;
+            let _lock = FileLock::exclusive_within(fd, lock_wait)?;
             // The time is taken under the lock so that, between masters,
             // file order is time order as far as the clock allows.
             let pending = self
@@ -289,8 +307,31 @@ struct FileLock<'fd> {
 }
 
 impl<'fd> FileLock<'fd> {
-    fn exclusive(fd: BorrowedFd<'fd>) -> io::Result<Self> {
-        Self::take(fd, FlockOperation::LockExclusive)
+    /// Polls for the exclusive lock until `wait` has passed. `flock` has no
+    /// timeout of its own, and a blocked `flock` cannot be interrupted
+    /// without a signal handler.
+    fn exclusive_within(fd: BorrowedFd<'fd>, wait: std::time::Duration) -> io::Result<Self> {
+        const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(FileLock { fd }),
+                Err(Errno::INTR) => continue,
+                Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(POLL);
+                }
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "another process has held the audit log's lock for over {} ms",
+                            wait.as_millis()
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn shared(fd: BorrowedFd<'fd>) -> io::Result<Self> {
@@ -432,7 +473,7 @@ mod tests {
 
         // The disk fills up: nothing written.
         let err = log
-            .write_record(&escape(2), Durability::Synced, |_, _| {
+            .write_record(&escape(2), Durability::Synced, LOCK_WAIT, |_, _| {
                 Err(io::Error::from_raw_os_error(28)) // ENOSPC
             })
             .unwrap_err();
@@ -441,7 +482,7 @@ mod tests {
 
         // The disk fills up mid-line: half the line gets in.
         let err = log
-            .write_record(&escape(3), Durability::Buffered, |fd, bytes| {
+            .write_record(&escape(3), Durability::Buffered, LOCK_WAIT, |fd, bytes| {
                 write_once(fd, &bytes[..bytes.len() / 2])
             })
             .unwrap_err();
