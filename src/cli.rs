@@ -209,6 +209,11 @@ pub struct ConnectArgs {
     /// audit log and shown by `muxguard status`
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Control connections open at once; more are closed at once, logged
+    /// and audited (default: as many as the descriptor limit leaves room
+    /// for, at most 1000)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: Option<u32>,
     /// Keep every session on the one connection. By default, with an
     /// ssh-agent, bulk sessions next to an interactive one (or the other
     /// way round) go on a second connection, a lane, so typing never

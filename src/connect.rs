@@ -42,6 +42,10 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         if args.no_lanes {
             child_args.push("--no-lanes".into());
         }
+        if let Some(n) = args.max_clients {
+            child_args.push("--max-clients".into());
+            child_args.push(n.to_string().into());
+        }
         if let Some(file) = &args.audit_log {
             child_args.push("--audit-log".into());
             child_args.push(file.into());
@@ -78,6 +82,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             crate::sandbox::Mode::Enforce
         },
         lanes: !args.no_lanes,
+        max_clients: args.max_clients.map(|n| n as usize),
         on_ready: Box::new(move |_| {
             if daemon_child {
                 daemon::detach(&log_file)

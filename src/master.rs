@@ -30,6 +30,9 @@ use crate::access::policy::{Destination, ForwardPorts, Ports};
 use crate::audit::chain as audit;
 use crate::audit::recorder::Recorder;
 use crate::config::{HostConfig, Persist};
+use crate::mux::limits::{
+    AcceptBackoff, Admission, ConnectionLimit, ConnectionSlot, RefusalLog, Report, default_cap,
+};
 use crate::paths::{self, Existing};
 use crate::prompt::{PromptMemory, Prompter};
 use crate::sandbox;
@@ -289,6 +292,9 @@ pub struct MasterOptions {
     pub audit_log: Option<PathBuf>,
     /// Whether to sandbox the master (`--no-sandbox` is for debugging).
     pub sandbox: sandbox::Mode,
+    /// `--max-clients`: control connections open at once (default: as
+    /// many as the descriptor limit leaves room for, at most 1000).
+    pub max_clients: Option<usize>,
     /// Whether bulk and interactive sessions may be kept on separate
     /// connections (`--no-lanes` says no).
     pub lanes: bool,
@@ -435,9 +441,11 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         policy,
         audit_log,
         sandbox,
+        max_clients,
         lanes,
         on_ready,
     } = options;
+    let descriptor_limit = raise_descriptor_limit();
     let spill_limits = Arc::new(SpillLimits::new(paths::state_dir().join("spool")));
     let remote_routes = Arc::new(RemoteRoutes::new(Arc::clone(&spill_limits)));
     let upstream = connect::connect(&config, Arc::clone(&remote_routes)).await?;
@@ -525,7 +533,20 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         control_path.display()
     );
 
-    let reason = serve(&master, listener, &socket, upstream.closed.clone(), persist).await;
+    let limit = ConnectionLimit::new(max_clients.unwrap_or_else(|| default_cap(descriptor_limit)));
+    info!(
+        "at most {} control connections at once (descriptor limit {descriptor_limit})",
+        limit.cap()
+    );
+    let reason = serve(
+        &master,
+        listener,
+        &socket,
+        upstream.closed.clone(),
+        persist,
+        limit,
+    )
+    .await;
     master.shutdown(&reason.text);
     socket.remove();
     master.audit.stop(&reason.text);
@@ -553,6 +574,7 @@ async fn serve(
     socket: &ControlSocket,
     mut upstream_closed: watch::Receiver<connect::ClosedReason>,
     persist: Persist,
+    limit: ConnectionLimit,
 ) -> StopReason {
     let my_uid = rustix::process::getuid().as_raw();
     let mut listener = Some(listener);
@@ -564,6 +586,12 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup()).ok();
     let mut sigwinch = signal(SignalKind::window_change()).ok();
     let next_client = AtomicU64::new(1);
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = RefusalLog::default();
+    let mut evictions = RefusalLog::default();
+    // Set after a failed accept (EMFILE, ENFILE, ENOMEM): accepting waits
+    // until then instead of spinning on the same error.
+    let mut accept_paused_until: Option<tokio::time::Instant> = None;
     let mut had_client = false;
     let mut idle_since = Some(Instant::now());
     // Remembered prompt answers end when the desktop locks; the lock is
@@ -593,36 +621,45 @@ async fn serve(
             _ => None,
         };
         tokio::select! {
-            accepted = async { listener.as_ref().expect("guarded").accept().await }, if listener.is_some() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let client_id = next_client.fetch_add(1, Ordering::Relaxed);
-                match Peer::identify(&stream) {
-                    Ok(peer) => {
-                        let identity = PeerIdentity::of(&peer);
-                        match decide::admits(&master.policy, &identity, my_uid) {
-                            Ok(true) => {
-                                debug!(client = client_id, "control connection from {peer}");
-                                tokio::spawn(crate::mux::server::serve_connection(
-                                    stream, peer, identity, Arc::clone(master), client_id,
-                                ));
-                            }
-                            // Closed before a single byte is read or sent.
-                            Ok(false) => {
-                                let reason = format!(
-                                    "uid {} is not the master's ({my_uid}) and no policy rule lists it",
-                                    peer.uid
-                                );
-                                warn!(client = client_id, "refused control connection from {peer}: {reason}");
-                                master.audit.record(refused(&peer, reason));
-                            }
-                            Err(e) => {
-                                warn!(client = client_id, "refused control connection from {peer}: policy error: {e}");
-                                master.audit.record(refused(&peer, format!("policy error: {e}")));
-                            }
-                        }
+            accepted = async { listener.as_ref().expect("guarded").accept().await },
+                if listener.is_some() && accept_paused_until.is_none() =>
+            {
+                let stream = match accepted {
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        stream
                     }
-                    Err(e) => warn!(client = client_id, "refused control connection: cannot read peer credentials: {e}"),
-                }
+                    Err(e) => {
+                        let pause = backoff.failed();
+                        if backoff.is_first() {
+                            warn!("cannot accept control connections: {e}; retrying with a pause of up to 1 s");
+                        }
+                        accept_paused_until = Some(tokio::time::Instant::now() + pause);
+                        continue;
+                    }
+                };
+                let client_id = next_client.fetch_add(1, Ordering::Relaxed);
+                let slot = match limit.try_acquire() {
+                    Admission::Admitted(slot) => slot,
+                    Admission::Evicting(slot) => {
+                        if let Some(report) = evictions.refused(Instant::now()) {
+                            report_eviction(&limit, report);
+                        }
+                        slot
+                    }
+                    Admission::Refused => {
+                        if let Some(report) = refusals.refused(Instant::now()) {
+                            refuse_over_cap(master, &stream, &limit, report);
+                        }
+                        continue;
+                    }
+                };
+                tokio::spawn(admit_and_serve(stream, slot, Arc::clone(master), client_id, my_uid));
+            }
+            _ = async { tokio::time::sleep_until(accept_paused_until.expect("guarded")).await },
+                if accept_paused_until.is_some() =>
+            {
+                accept_paused_until = None;
             }
             Ok(()) = listening.changed(), if listener.is_some() => {
                 if !*listening.borrow() {
@@ -672,6 +709,121 @@ async fn serve(
     }
 }
 
+/// Identifies the peer of an accepted connection (off the event loop: it
+/// reads /proc and asks the proc helper), checks that the policy admits
+/// it, and serves it. Holds `slot` until the connection ends.
+async fn admit_and_serve(
+    stream: tokio::net::UnixStream,
+    slot: ConnectionSlot,
+    master: Arc<MasterState>,
+    client_id: u64,
+    my_uid: u32,
+) {
+    let identified = tokio::task::spawn_blocking(move || {
+        let peer = Peer::identify(&stream);
+        (stream, peer)
+    })
+    .await;
+    let Ok((stream, identified)) = identified else {
+        return;
+    };
+    let peer = match identified {
+        Ok(peer) => peer,
+        Err(e) => {
+            warn!(
+                client = client_id,
+                "refused control connection: cannot read peer credentials: {e}"
+            );
+            return;
+        }
+    };
+    let identity = PeerIdentity::of(&peer);
+    match decide::admits(&master.policy, &identity, my_uid) {
+        Ok(true) => {
+            debug!(client = client_id, "control connection from {peer}");
+            tokio::select! {
+                () = crate::mux::server::serve_connection(stream, peer, identity, master, client_id, &slot) => {}
+                () = slot.evicted() => {
+                    debug!(client = client_id, "closed before HELLO: a newer connection needed its place");
+                }
+            }
+        }
+        // Closed before a single byte is read or sent.
+        Ok(false) => {
+            let reason = format!(
+                "uid {} is not the master's ({my_uid}) and no policy rule lists it",
+                peer.uid
+            );
+            warn!(
+                client = client_id,
+                "refused control connection from {peer}: {reason}"
+            );
+            master.audit.record(refused(&peer, reason));
+        }
+        Err(e) => {
+            warn!(
+                client = client_id,
+                "refused control connection from {peer}: policy error: {e}"
+            );
+            master
+                .audit
+                .record(refused(&peer, format!("policy error: {e}")));
+        }
+    }
+}
+
+/// Says (once per burst) that connections without HELLO were closed to
+/// make room.
+fn report_eviction(limit: &ConnectionLimit, report: Report) {
+    let mut text = format!(
+        "{} control connections are open, the most allowed (--max-clients): closing the oldest one that has not said HELLO to make room",
+        limit.cap()
+    );
+    if report.also_refused > 0 {
+        text.push_str(&format!(
+            "; {} more in the last {} s",
+            report.also_refused,
+            RefusalLog::WINDOW.as_secs()
+        ));
+    }
+    warn!("{text}");
+}
+
+/// Closes a connection over the cap, saying why (once per burst).
+fn refuse_over_cap(
+    master: &MasterState,
+    stream: &tokio::net::UnixStream,
+    limit: &ConnectionLimit,
+    report: Report,
+) {
+    let mut reason = format!(
+        "{} control connections are open, the most allowed (--max-clients)",
+        limit.cap()
+    );
+    if report.also_refused > 0 {
+        reason.push_str(&format!(
+            "; {} more refused in the last {} s",
+            report.also_refused,
+            RefusalLog::WINDOW.as_secs()
+        ));
+    }
+    let peer = rustix::net::sockopt::socket_peercred(stream).ok();
+    let (uid, gid, pid) = peer.map_or((0, 0, 0), |c| {
+        (
+            c.uid.as_raw(),
+            c.gid.as_raw(),
+            c.pid.as_raw_nonzero().get() as u32,
+        )
+    });
+    warn!("refused control connection from uid {uid} pid {pid}: {reason}");
+    master
+        .audit
+        .record(audit::Event::ClientRefused(audit::ClientRefused {
+            peer: audit::Peer { uid, gid, pid },
+            reason,
+        }));
+}
+
 fn refused(peer: &Peer, reason: String) -> audit::Event {
     audit::Event::ClientRefused(audit::ClientRefused {
         peer: audit::Peer {
@@ -681,6 +833,29 @@ fn refused(peer: &Peer, reason: String) -> audit::Event {
         },
         reason,
     })
+}
+
+/// Raises the soft limit on open descriptors to the hard one (at most
+/// 65536), as servers do, and returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    const ENOUGH: u64 = 65536;
+    let current = getrlimit(Resource::Nofile);
+    let soft = current.current.unwrap_or(ENOUGH);
+    let wanted = current.maximum.unwrap_or(ENOUGH).min(ENOUGH);
+    if wanted > soft
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(wanted),
+                maximum: current.maximum,
+            },
+        )
+        .is_ok()
+    {
+        return wanted;
+    }
+    soft
 }
 
 async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

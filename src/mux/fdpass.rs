@@ -30,6 +30,8 @@ pub enum ReadError {
     Malformed(#[from] WireError),
     #[error("did not receive file descriptors")]
     MissingFds,
+    #[error("client passed more than {MAX_QUEUED_FDS} file descriptors it was not asked for")]
+    TooManyFds,
     #[error("read error: {0}")]
     Io(#[from] io::Error),
     #[error("malformed proxy packet: {0}")]
@@ -39,6 +41,11 @@ pub enum ReadError {
 /// At most this many descriptors are accepted with any one byte; more than a
 /// session needs, so that a client packing all three into one `sendmsg` works.
 const MAX_FDS_PER_READ: usize = 4;
+
+/// At most this many received descriptors wait for the request that uses
+/// them (a session takes three): a client cannot make the master hold its
+/// descriptors by the thousand.
+const MAX_QUEUED_FDS: usize = 8;
 
 /// The reading side of a control connection.
 pub struct ControlReader {
@@ -163,6 +170,10 @@ impl ControlReader {
                 Ok(received.bytes)
             })
             .await?;
+        if self.fds.len() > MAX_QUEUED_FDS {
+            self.fds.clear();
+            return Err(ReadError::TooManyFds);
+        }
         Ok(n)
     }
 }
@@ -264,6 +275,21 @@ mod tests {
             let (client, mut reader) = pair().await;
             send_with_fds(&client, &[0], &[devnull(), devnull(), devnull()]);
             assert_eq!(reader.receive_fds(3).await.unwrap().len(), 3);
+        });
+    }
+
+    #[test]
+    fn descriptors_nobody_asked_for_are_bounded() {
+        crate::test_support::runtime().block_on(async {
+            let (client, mut reader) = pair().await;
+            for _ in 0..3 {
+                send_with_fds(&client, &[0], &[devnull(), devnull(), devnull()]);
+            }
+            send_with_fds(&client, &0u32.to_be_bytes(), &[]);
+            assert!(matches!(
+                reader.read_packet().await,
+                Err(ReadError::TooManyFds)
+            ));
         });
     }
 

@@ -2,6 +2,7 @@
 
 pub mod escape;
 pub mod fdpass;
+pub mod limits;
 pub mod passed_fd;
 pub mod server;
 pub mod wire;

@@ -10,6 +10,7 @@ use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
 
 use super::fdpass::{ControlReader, ControlWriter, ReadError};
+use super::limits::ConnectionSlot;
 use super::passed_fd::{self, InputSource, OutputSink};
 use super::wire::{self, ClientMessage, ServerMessage};
 use crate::access::decide::{self, Asked, Outcome, PeerIdentity, Prompting};
@@ -28,6 +29,7 @@ pub async fn serve_connection(
     identity: PeerIdentity,
     master: Arc<MasterState>,
     client_id: u64,
+    slot: &ConnectionSlot,
 ) {
     let peer_pid = peer.pid;
     master
@@ -64,7 +66,7 @@ pub async fn serve_connection(
     let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);
-    match serve(&mut reader, &writer, &master, &requester).await {
+    match serve(&mut reader, &writer, &master, &requester, slot).await {
         Ok(()) => debug!(
             client = client_id,
             pid = peer_pid,
@@ -89,6 +91,11 @@ pub(crate) enum CloseReason {
     WrongVersion(u32),
     #[error("second HELLO")]
     SecondHello,
+    #[error(
+        "no HELLO within {} s",
+        super::limits::HELLO_TIMEOUT.as_secs()
+    )]
+    HelloTimeout,
     #[error("write failed: {0}")]
     Write(#[from] std::io::Error),
     #[error("{0}")]
@@ -313,6 +320,7 @@ async fn serve(
     writer: &ControlWriter,
     master: &Arc<MasterState>,
     requester: &Arc<Requester>,
+    slot: &ConnectionSlot,
 ) -> Result<(), CloseReason> {
     let client_id = requester.client_id;
     // Our HELLO goes first, before reading anything: the client also writes
@@ -324,7 +332,10 @@ async fn serve(
             extensions: vec![("info".into(), "0".into())],
         })
         .await?;
-    let Some(first) = reader.read_packet().await? else {
+    let first = tokio::time::timeout(super::limits::HELLO_TIMEOUT, reader.read_packet())
+        .await
+        .map_err(|_| CloseReason::HelloTimeout)??;
+    let Some(first) = first else {
         return Ok(());
     };
     match wire::decode_client(&first).map_err(ReadError::from)? {
@@ -344,6 +355,7 @@ async fn serve(
         }
         other => return Err(CloseReason::NoHello(other.name())),
     }
+    slot.established();
 
     loop {
         let Some(packet) = reader.read_packet().await? else {

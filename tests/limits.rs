@@ -1,0 +1,144 @@
+//! What a client of the master's own uid can take from everyone else: a
+//! flood of connections that never say HELLO, connections past the cap,
+//! and a connection that stays silent. Tried with raw connections against
+//! the real master.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::mux::{RawClient, hello};
+use common::process::poll_until;
+use common::{Master, MasterKind, TestEnv, run};
+
+/// USER_HZ: what /proc reports CPU times in, 100 on every Linux.
+const CLK_TCK: f64 = 100.0;
+
+/// The master's user+system CPU time, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; after the comm, 12 and 13.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / CLK_TCK
+}
+
+/// Lets this test process open as many sockets as it needs.
+fn raise_fd_limit(wanted: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(wanted);
+    let soft = wanted.min(hard);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(soft),
+            maximum: limit.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(1024)
+}
+
+#[test]
+fn a_flood_of_silent_connections_never_locks_out_a_session() {
+    const FLOOD: usize = 3000;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let available = raise_fd_limit(FLOOD as u64 + 256) as usize;
+    let flood_size = FLOOD.min(available.saturating_sub(256));
+    let env = TestEnv::new();
+    let master = Master::start_with_args(&env, MasterKind::Muxguard, &["--max-clients", "200"]);
+    let flood: Vec<UnixStream> = (0..flood_size)
+        .filter_map(|_| UnixStream::connect(env.control_path()).ok())
+        .collect();
+    assert!(flood.len() >= 1000, "only {} connections made", flood.len());
+
+    // Sessions still run: silent connections give way to them.
+    env.control("check")
+        .assert_success("-O check during the flood");
+    let out = run(&mut env.ssh_cmd("echo served"));
+    out.assert_success("a session during the flood");
+    assert_eq!(out.stdout.trim(), "served");
+
+    // And the master does not spin while the flood stays open.
+    let before = cpu_seconds(master.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_seconds(master.pid()) - before;
+    assert!(
+        spent < 0.5,
+        "the master used {spent} s of CPU in 2 s of an idle flood"
+    );
+    assert!(
+        master
+            .log()
+            .contains("closing the oldest one that has not said HELLO"),
+        "{}",
+        master.log()
+    );
+    drop(flood);
+}
+
+#[test]
+fn connections_past_the_cap_are_refused_with_the_reason() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let master = Master::start_with_args(&env, MasterKind::Muxguard, &["--max-clients", "2"]);
+    let talking: Vec<RawClient> = (0..2)
+        .map(|_| {
+            let mut client = RawClient::connect(&env.control_path());
+            client.expect_hello();
+            client.send(&hello(4)).expect("HELLO");
+            client
+        })
+        .collect();
+    // Give the master the moment it needs to read both HELLOs.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = RawClient::connect(&env.control_path());
+    third.expect_closed("a third connection over --max-clients 2");
+    assert!(
+        poll_until(Duration::from_secs(5), || master
+            .log()
+            .contains("2 control connections are open, the most allowed")),
+        "{}",
+        master.log()
+    );
+    let audit = std::fs::read_to_string(env.path().join("state/muxguard/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"client_refused\"") && audit.contains("the most allowed (--max-clients)"),
+        "{audit}"
+    );
+    drop(talking);
+    // Room again.
+    env.control("check")
+        .assert_success("-O check once the two are gone");
+}
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let master = env.start_master(MasterKind::Muxguard);
+    let mut silent = RawClient::connect(&env.control_path());
+    silent.expect_hello();
+    // The harness's read timeout is shorter than the HELLO timeout: wait
+    // for the master's log line, then see the connection closed.
+    assert!(
+        poll_until(Duration::from_secs(20), || master
+            .log()
+            .contains("no HELLO within 10 s")),
+        "{}",
+        master.log()
+    );
+    silent.expect_closed("a connection silent for the HELLO timeout");
+}
