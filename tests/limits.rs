@@ -94,7 +94,7 @@ fn connections_past_the_cap_are_refused_with_the_reason() {
     let master = Master::start_with_args(&env, MasterKind::Muxguard, &["--max-clients", "2"]);
     let talking: Vec<RawClient> = (0..2)
         .map(|_| {
-            let mut client = RawClient::connect(&env.control_path());
+            let mut client = RawClient::connect(env.control_path());
             client.expect_hello();
             client.send(&hello(4)).expect("HELLO");
             client
@@ -102,7 +102,7 @@ fn connections_past_the_cap_are_refused_with_the_reason() {
         .collect();
     // Give the master the moment it needs to read both HELLOs.
     std::thread::sleep(Duration::from_millis(300));
-    let mut third = RawClient::connect(&env.control_path());
+    let mut third = RawClient::connect(env.control_path());
     third.expect_closed("a third connection over --max-clients 2");
     assert!(
         poll_until(Duration::from_secs(5), || master
@@ -129,7 +129,7 @@ fn a_connection_that_never_says_hello_is_closed() {
     }
     let env = TestEnv::new();
     let master = env.start_master(MasterKind::Muxguard);
-    let mut silent = RawClient::connect(&env.control_path());
+    let mut silent = RawClient::connect(env.control_path());
     silent.expect_hello();
     // The harness's read timeout is shorter than the HELLO timeout: wait
     // for the master's log line, then see the connection closed.
