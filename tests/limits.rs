@@ -142,3 +142,116 @@ fn a_connection_that_never_says_hello_is_closed() {
     );
     silent.expect_closed("a connection silent for the HELLO timeout");
 }
+
+/// The master's open descriptors, and its helper threads (the threads that
+/// do blocking I/O on passed descriptors).
+fn fds_and_helpers(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let helpers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| {
+                        c.starts_with("muxguard-read") || c.starts_with("muxguard-wri")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (fds, helpers)
+}
+
+/// An eventfd as stdin (epoll can watch it, but it is no pipe or socket):
+/// the session runs, and when the client is killed nothing of it stays —
+/// no thread blocked for good in a read, no descriptor.
+#[test]
+fn an_eventfd_stdin_leaves_nothing_behind() {
+    const CLIENT: &str = r#"
+import os, subprocess, sys
+efd = os.eventfd(0)
+ssh = subprocess.Popen(sys.argv[1:], stdin=efd, stdout=subprocess.PIPE)
+line = ssh.stdout.readline()
+print(line.decode().strip(), flush=True)
+ssh.kill()
+ssh.wait()
+"#;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let master = env.start_master(MasterKind::Muxguard);
+    run(&mut env.ssh_cmd("true")).assert_success("a first session");
+    let (idle_fds, idle_helpers) = fds_and_helpers(master.pid());
+    let out = run(env
+        .command("/usr/bin/python3")
+        .args(["-c", CLIENT, "ssh", "-F"])
+        .arg(env.config_path())
+        .args([common::HOST, "echo started; sleep 30"]));
+    out.assert_success("the eventfd client");
+    assert_eq!(out.stdout.trim(), "started");
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let (fds, helpers) = fds_and_helpers(master.pid());
+            fds <= idle_fds && helpers <= idle_helpers
+        }),
+        "after the client went: {:?}, idle: {:?}",
+        fds_and_helpers(master.pid()),
+        (idle_fds, idle_helpers)
+    );
+}
+
+/// A client that passes thousands of descriptors nobody asked for is cut
+/// off, and the master holds none of them afterwards.
+#[test]
+fn thousands_of_passed_descriptors_are_refused_and_released() {
+    const CLIENT: &str = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+n = struct.unpack(">I", s.recv(4))[0]
+s.recv(n)
+s.sendall(struct.pack(">III", 8, 1, 4))
+null = os.open("/dev/null", os.O_RDONLY)
+fds = [os.dup(null) for _ in range(200)]
+sent = 0
+try:
+    for _ in range(10):
+        socket.send_fds(s, [b"\0"], fds)
+        sent += len(fds)
+    s.settimeout(10)
+    closed = s.recv(1) == b""
+except (BrokenPipeError, ConnectionResetError):
+    closed = True
+print("closed" if closed else "open", sent)
+"#;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let master = env.start_master(MasterKind::Muxguard);
+    env.control("check").assert_success("-O check");
+    let (idle_fds, _) = fds_and_helpers(master.pid());
+    let out = run(env
+        .command("/usr/bin/python3")
+        .args(["-c", CLIENT])
+        .arg(env.control_path()));
+    out.assert_success("the descriptor-flooding client");
+    assert!(out.stdout.starts_with("closed"), "{}", out.stdout);
+    assert!(
+        poll_until(Duration::from_secs(10), || fds_and_helpers(master.pid()).0
+            <= idle_fds),
+        "the master holds {} descriptors, {idle_fds} before",
+        fds_and_helpers(master.pid()).0
+    );
+    assert!(
+        master
+            .log()
+            .contains("file descriptors it was not asked for"),
+        "{}",
+        master.log()
+    );
+    env.control("check").assert_success("-O check afterwards");
+}

@@ -14,10 +14,18 @@
 //!   read will not block; writes go to a helper thread, since a write to a
 //!   terminal may block and must not stall the master;
 //! - anything epoll cannot watch (regular files, /dev/null): helper threads.
+//!   Whether epoll can watch it is asked of epoll itself, so an eventfd or
+//!   an inotify descriptor passed as stdin is polled, never read by a
+//!   thread that would block in it for good.
+//!
+//! Helper threads are counted against [`MAX_HELPER_THREADS`] for the whole
+//! master; a request whose descriptors would need more is refused with
+//! that reason before anything runs.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use rustix::fs::{FileType, OFlags};
@@ -48,12 +56,69 @@ impl Drop for FlagRestorer {
     }
 }
 
+/// Helper threads (for descriptors epoll cannot watch, and terminal
+/// output) the master runs at most at once.
+pub const MAX_HELPER_THREADS: usize = 256;
+
+static HELPER_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A place for one helper thread, taken when a descriptor that may need
+/// one is adopted and given back when the descriptor (which the thread
+/// owns) is dropped.
+struct ThreadPermit(());
+
+impl ThreadPermit {
+    fn take() -> io::Result<ThreadPermit> {
+        HELPER_THREADS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_HELPER_THREADS).then_some(n + 1)
+            })
+            .map(|_| ThreadPermit(()))
+            .map_err(|_| {
+                io::Error::other(format!(
+                    "{MAX_HELPER_THREADS} descriptors that need a helper thread (regular files, \
+                     terminals) are already in use"
+                ))
+            })
+    }
+}
+
+impl Drop for ThreadPermit {
+    fn drop(&mut self) {
+        HELPER_THREADS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Helper threads in use now (for `status`).
+pub fn helper_threads() -> usize {
+    HELPER_THREADS.load(Ordering::Acquire)
+}
+
+/// Whether epoll accepts `fd` (it refuses regular files and a few devices
+/// with EPERM).
+fn epoll_can_watch(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::event::epoll;
+    let probe = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    match epoll::add(
+        &probe,
+        fd,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    ) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::PERM) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One descriptor received from a client, classified.
 pub struct PassedFd {
     fd: OwnedFd,
     kind: FdKind,
     /// Shared by every passed fd of the same object (see the module header).
     restorer: Option<Arc<FlagRestorer>>,
+    /// Held for a descriptor that may need a helper thread.
+    _permit: Option<ThreadPermit>,
 }
 
 impl PassedFd {
@@ -88,7 +153,12 @@ pub fn adopt(fds: Vec<OwnedFd>) -> io::Result<Vec<PassedFd>> {
         let kind = match file_type {
             FileType::CharacterDevice if rustix::termios::isatty(&fd) => FdKind::Terminal,
             FileType::Fifo | FileType::Socket => FdKind::Pollable,
+            _ if epoll_can_watch(fd.as_fd())? => FdKind::Pollable,
             _ => FdKind::Blocking,
+        };
+        let permit = match kind {
+            FdKind::Pollable => None,
+            FdKind::Terminal | FdKind::Blocking => Some(ThreadPermit::take()?),
         };
         let mut restorer = None;
         if kind == FdKind::Pollable {
@@ -107,7 +177,12 @@ pub fn adopt(fds: Vec<OwnedFd>) -> io::Result<Vec<PassedFd>> {
                 rustix::fs::fcntl_setfl(&fd, original | OFlags::NONBLOCK)?;
             }
         }
-        adopted.push(PassedFd { fd, kind, restorer });
+        adopted.push(PassedFd {
+            fd,
+            kind,
+            restorer,
+            _permit: permit,
+        });
     }
     Ok(adopted)
 }
@@ -375,6 +450,15 @@ mod tests {
         let file: OwnedFd = tempfile::tempfile().unwrap().into();
         let adopted = adopt(vec![null, file]).unwrap();
         assert!(adopted.iter().all(|f| f.kind() == FdKind::Blocking));
+        assert!(helper_threads() >= 2);
+    }
+
+    #[test]
+    fn an_eventfd_is_polled_not_read_by_a_thread_that_would_block() {
+        use rustix::event::{EventfdFlags, eventfd};
+        let event = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        let adopted = adopt(vec![event]).unwrap();
+        assert_eq!(adopted[0].kind(), FdKind::Pollable);
     }
 
     #[test]
