@@ -14,6 +14,13 @@
 //! costs two more copies of every byte and measurably slows such a
 //! transfer. Only a client that has not read for a moment is held to the
 //! small bound, and the extra memory is capped over all channels.
+//!
+//! Bounds, over all channels of the master: memory never goes past
+//! `memory_total` (a channel whose share would take it past goes to disk
+//! instead), disk never past `disk_total`. Past both a stream pauses;
+//! when the disk fails (full, read-only) its data stays in memory only
+//! while `memory_total` allows, then the stream pauses too. A paused
+//! stream loses nothing and resumes when its client reads.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -35,8 +42,8 @@ pub struct SpillLimits {
     pub memory_reading: usize,
     /// A client that took output within this long is reading.
     pub reading_window: Duration,
-    /// Memory over all channels beyond which every channel is held to
-    /// `memory_per_channel`.
+    /// Memory over all channels: past it, output goes to disk (and a
+    /// reading client is held to `memory_per_channel` well before).
     pub memory_total: usize,
     /// Bytes in memory over all channels right now.
     pub memory_in_use: AtomicUsize,
@@ -173,16 +180,29 @@ impl SpillBuffer {
                 self.limits.disk_in_use.fetch_add(len, Ordering::Relaxed);
             }
             Err(e) => {
-                tracing::warn!(
-                    "{}: cannot spill to disk ({e}); keeping the data in memory",
-                    self.name
-                );
                 if let Some(spill) = &state.spill
                     && spill.read < spill.written
                 {
                     // Order matters more than memory: wait for the file to drain.
                     return Pushed::Full(data);
                 }
+                if self.limits.memory_in_use.load(Ordering::Relaxed) + data.len()
+                    > self.limits.memory_total
+                {
+                    if !state.paused {
+                        state.paused = true;
+                        tracing::warn!(
+                            "{}: cannot spill to disk ({e}) and the master's output memory is full ({} MiB); pausing this stream until its client reads",
+                            self.name,
+                            self.limits.memory_total >> 20
+                        );
+                    }
+                    return Pushed::Full(data);
+                }
+                tracing::warn!(
+                    "{}: cannot spill to disk ({e}); keeping the data in memory",
+                    self.name
+                );
                 self.limits
                     .memory_in_use
                     .fetch_add(data.len(), Ordering::Relaxed);
@@ -200,10 +220,16 @@ impl SpillBuffer {
     /// is reading and the master-wide cap allows it.
     fn memory_limit(&self, state: &State, adding: usize) -> usize {
         let limits = &self.limits;
+        let in_use = limits.memory_in_use.load(Ordering::Relaxed);
+        if in_use + adding > limits.memory_total {
+            return 0;
+        }
         let reading = state
             .last_pop
             .is_some_and(|t| t.elapsed() < limits.reading_window);
-        let room = limits.memory_in_use.load(Ordering::Relaxed) + adding <= limits.memory_total;
+        // A reading client's extra memory stops at half the total, so that
+        // stalled clients' small buffers still fit.
+        let room = in_use + adding <= limits.memory_total / 2;
         if reading && room {
             limits.memory_reading.max(limits.memory_per_channel)
         } else {
@@ -537,17 +563,67 @@ mod tests {
         let mut limits = SpillLimits::new(dir.path().to_path_buf());
         limits.memory_per_channel = 10;
         limits.memory_reading = 100;
-        limits.memory_total = 30;
+        limits.memory_total = 60;
         let limits = Arc::new(limits);
         let buffer = SpillBuffer::new(Arc::clone(&limits), "test".into());
         let chunk = || Bytes::from_static(b"0123456789");
         assert_eq!(buffer.push(chunk()), Pushed::Accepted);
         assert!(buffer.try_pop().unwrap().is_some());
+        // A reading client may take up to half the total in memory.
         for _ in 0..3 {
             assert_eq!(buffer.push(chunk()), Pushed::Accepted);
         }
         assert_eq!(buffer.usage(), (30, 0, false));
         assert_eq!(buffer.push(chunk()), Pushed::Accepted);
-        assert_eq!(buffer.usage().1, 10, "over the master-wide cap: to disk");
+        assert_eq!(
+            buffer.usage().1,
+            10,
+            "over half the master-wide cap: to disk"
+        );
+    }
+
+    #[test]
+    fn stalled_channels_together_never_pass_the_master_wide_memory_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut limits = SpillLimits::new(dir.path().to_path_buf());
+        limits.memory_per_channel = 10;
+        limits.memory_total = 30;
+        let limits = Arc::new(limits);
+        let buffers: Vec<_> = (0..5)
+            .map(|i| SpillBuffer::new(Arc::clone(&limits), format!("stalled {i}")))
+            .collect();
+        for buffer in &buffers {
+            assert_eq!(
+                buffer.push(Bytes::from_static(b"0123456789")),
+                Pushed::Accepted
+            );
+        }
+        assert_eq!(limits.memory_in_use.load(Ordering::Relaxed), 30);
+        let on_disk: u64 = buffers.iter().map(|b| b.usage().1).sum();
+        assert_eq!(on_disk, 20, "the channels past the cap went to disk");
+    }
+
+    #[test]
+    fn a_failing_disk_pauses_a_stream_once_memory_is_full() {
+        // A regular file where the spill directory should be: every spill
+        // file fails to open (as on a full or read-only disk).
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let mut limits = SpillLimits::new(not_a_dir);
+        limits.memory_per_channel = 10;
+        limits.memory_total = 20;
+        let limits = Arc::new(limits);
+        let buffer = SpillBuffer::new(Arc::clone(&limits), "test".into());
+        let chunk = || Bytes::from_static(b"0123456789");
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        // The disk fails: kept in memory while the total allows...
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
+        assert_eq!(buffer.usage(), (20, 0, false));
+        // ...then the stream pauses, nothing dropped.
+        assert!(matches!(buffer.push(chunk()), Pushed::Full(_)));
+        assert!(buffer.usage().2, "paused");
+        assert!(buffer.try_pop().unwrap().is_some());
+        assert_eq!(buffer.push(chunk()), Pushed::Accepted);
     }
 }

@@ -255,3 +255,107 @@ print("closed" if closed else "open", sent)
     );
     env.control("check").assert_success("-O check afterwards");
 }
+
+/// A small tmpfs mounted over a directory of the test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (no CAP_SYS_ADMIN).
+    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_path_buf()))
+    }
+
+    /// Fills what is left with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let junk = self.0.join("junk");
+        let mut file = std::fs::File::create(&junk).expect("junk");
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut file, &block).is_ok() {}
+        while std::io::Write::write_all(&mut file, b"x").is_ok() {}
+        junk
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The state directory (audit log, spill files) on a full disk: sessions
+/// are refused with the reason while the decision cannot be recorded, a
+/// stalled client's output is kept (in memory) rather than lost, and once
+/// there is space again everything works.
+#[test]
+fn a_full_disk_refuses_or_keeps_and_the_master_recovers() {
+    const SIZE: usize = 40 << 20;
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let Some(disk) = Tmpfs::mount(&env.path().join("state/muxguard"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let master = env.start_master(MasterKind::Muxguard);
+    let junk = disk.fill();
+
+    // The log's last page may still hold a few records; a handful of
+    // sessions use it up (each writes three or more records).
+    let refused = (0..20)
+        .map(|_| run(&mut env.ssh_cmd("echo ran")))
+        .find(|out| !out.status.success())
+        .expect("a session was refused once the disk was full");
+    assert!(!refused.stdout.contains("ran"), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("No space left on device"),
+        "{}",
+        refused.stderr
+    );
+    env.control("check")
+        .assert_success("-O check on a full disk");
+    std::fs::remove_file(&junk).expect("free the space");
+
+    // A stalled download: its output cannot go to the (again full) disk.
+    let mut download = env
+        .ssh_cmd(&format!("head -c {SIZE} /dev/zero"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    // Started (its decision on disk) before the disk fills again.
+    let mut received = vec![0u8; 1];
+    let stdout = download.stdout.as_mut().expect("stdout");
+    std::io::Read::read_exact(stdout, &mut received).expect("the first byte");
+    let junk = disk.fill();
+    assert!(
+        poll_until(Duration::from_secs(30), || master
+            .log()
+            .contains("cannot spill to disk")),
+        "{}",
+        master.log()
+    );
+    std::io::Read::read_to_end(download.stdout.as_mut().expect("stdout"), &mut received)
+        .expect("read the download");
+    assert!(download.wait().expect("wait").success());
+    assert_eq!(received.len(), SIZE, "bytes were lost");
+    std::fs::remove_file(&junk).expect("free the space");
+
+    let out = run(&mut env.ssh_cmd("echo ran"));
+    out.assert_success("a session once there is space again");
+    assert_eq!(out.stdout.trim(), "ran");
+}
