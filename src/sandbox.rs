@@ -521,8 +521,50 @@ pub fn restrict(plan: &Plan) -> anyhow::Result<Landlock> {
     };
     Ok(Landlock::Applied {
         abi,
-        fs: Part::Enforced,
+        fs: fs_part(abi),
         net,
         scope,
     })
+}
+
+/// What of the file-system rules an ABI enforces: truncation is covered
+/// from ABI 3, ioctl on device files from ABI 5 (the rest from ABI 1).
+fn fs_part(abi: ABI) -> Part {
+    if abi < ABI::V3 {
+        Part::Partly(format!(
+            "truncating files and ioctl on devices are not restricted: they need Landlock ABI 3 and 5, this kernel has {abi}"
+        ))
+    } else if abi < ABI::V5 {
+        Part::Partly(format!(
+            "ioctl on devices is not restricted: it needs Landlock ABI 5, this kernel has {abi}"
+        ))
+    } else {
+        Part::Enforced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fs_report_says_what_an_old_abi_leaves_open() {
+        for (abi, expected) in [
+            (ABI::V1, Some("truncating files")),
+            (ABI::V2, Some("truncating files")),
+            (ABI::V3, Some("ioctl on devices is not")),
+            (ABI::V4, Some("ioctl on devices is not")),
+            (ABI::V5, None),
+            (ABI::V6, None),
+        ] {
+            let text = fs_part(abi).to_string();
+            match expected {
+                Some(gap) => assert!(
+                    text.starts_with("partly enforced") && text.contains(gap),
+                    "{abi}: {text}"
+                ),
+                None => assert_eq!(text, "enforced", "{abi}"),
+            }
+        }
+    }
 }
