@@ -240,9 +240,11 @@ impl MasterState {
             self.config.hostname
         );
         for (id, info) in sessions.iter() {
+            // Client-supplied text (commands, subsystem names, socket
+            // paths) goes to other people's terminals: escaped visibly.
             text.push_str(&format!(
                 "  #{id} {} (open {}s",
-                info.description,
+                crate::prompt::one_line(&info.description),
                 info.started.elapsed().as_secs()
             ));
             if let Some(traffic) = &info.traffic {
@@ -272,7 +274,7 @@ impl MasterState {
             text.push_str("\r\n");
         }
         for forward in self.forwards.describe() {
-            text.push_str(&format!("  {forward}\r\n"));
+            text.push_str(&format!("  {}\r\n", crate::prompt::one_line(&forward)));
         }
         text
     }

@@ -47,7 +47,13 @@ pub fn ask_master(path: &Path, name: &str) -> anyhow::Result<String> {
     };
     match field(0) {
         Some(wire::msg::S_EXT_INFO) => {}
-        Some(wire::msg::S_PERMISSION_DENIED) => bail!("the master refused the request"),
+        Some(wire::msg::S_PERMISSION_DENIED) => {
+            let reason = field(8)
+                .and_then(|len| reply.get(12..12 + len as usize))
+                .map(|text| crate::prompt::one_line(&String::from_utf8_lossy(text)))
+                .unwrap_or_default();
+            bail!("the master refused the request: {reason}")
+        }
         _ => bail!(
             "{} is not a muxguard master (it does not answer {name})",
             path.display()

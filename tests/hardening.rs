@@ -592,3 +592,66 @@ sys.exit(subprocess.run(sys.argv[1:]).returncode)
         "{connect}"
     );
 }
+
+/// Another uid let in by a `peers` rule (here root, named by uid) may run
+/// what the rules allow it, but the master's list of sessions (commands,
+/// working directories) is its owner's: without a control rule for that
+/// peer, `muxguard status` is refused to it, while the owner still gets it.
+#[test]
+fn another_uid_gets_no_session_list_without_a_control_rule() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let user = test_user();
+    let env = TestEnv::new();
+    let dir = env.path().join("config/muxguard");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("policy.toml"),
+        "[defaults]\naction = \"allow\"\n\n\
+         [[rule]]\nname = \"root may run commands\"\npeers = [\"0\"]\nkinds = [\"exec\"]\naction = \"allow\"\n\n\
+         [[rule]]\nname = \"root: nothing else\"\npeers = [\"0\"]\naction = \"deny\"\n",
+    )
+    .expect("write policy");
+    give_to(&env, user);
+    let (_master, log) = start_master_as(&env, user);
+    let mut secret = as_user(&mut env.ssh_cmd("sleep 30 # secret-marker"), user)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let status_as = |who: Option<(u32, u32)>| {
+        let mut cmd = env.command(MUXGUARD);
+        cmd.args(["status", "--control-path"])
+            .arg(env.control_path())
+            .arg(HOST);
+        if let Some(user) = who {
+            as_user(&mut cmd, user);
+        }
+        run(&mut cmd)
+    };
+    assert!(
+        wait_for_marker(|| status_as(Some(user)).stdout.contains("secret-marker")),
+        "the owner does not see its session: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Root is admitted (its exec runs)...
+    let ran = run(&mut env.ssh_cmd("echo root-ran"));
+    ran.assert_success("root's exec under its peers rule");
+    // ...but not to the list of sessions.
+    let theirs = status_as(None);
+    assert!(
+        !theirs.status.success() && !theirs.stdout.contains("secret-marker"),
+        "{theirs:#?}"
+    );
+    assert!(
+        theirs.stderr.contains("root: nothing else"),
+        "{}",
+        theirs.stderr
+    );
+    let _ = secret.kill();
+    let _ = secret.wait();
+}
+
+fn wait_for_marker(mut seen: impl FnMut() -> bool) -> bool {
+    common::process::poll_until(Duration::from_secs(10), &mut seen)
+}

@@ -1005,3 +1005,28 @@ action = \"allow\"
         "{refusal}"
     );
 }
+
+/// `-O cancel` is control of the master (like `-O exit`), not a forward:
+/// a policy that allows forwards but denies control lets a forward be
+/// opened and refuses its cancelling, naming the rule.
+#[test]
+fn cancelling_a_forward_is_decided_as_control() {
+    let env = TestEnv::new();
+    let policies = Policies::new(&env);
+    write_policy(
+        &policies.user,
+        "[defaults]\naction = \"allow\"\n\n\
+         [[rule]]\nname = \"no control\"\nkinds = [\"control\"]\naction = \"deny\"\n",
+    );
+    let _master = start_with_policy(&env, &policies);
+    let port = free_port();
+    let spec = format!("{port}:127.0.0.1:9");
+    run(env.ssh().args(["-O", "forward", "-L", &spec, HOST])).assert_success("-O forward");
+    // The stock client reports a refused cancel on stderr and exits 0.
+    let cancel = run(env.ssh().args(["-O", "cancel", "-L", &spec, HOST]));
+    assert!(cancel.stderr.contains("no control"), "{cancel:#?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the forward was cancelled anyway"
+    );
+}

@@ -95,3 +95,30 @@ fn status_of_an_openssh_master_is_refused_clearly() {
     assert!(!out.status.success(), "{out:#?}");
     assert!(out.stderr.contains("muxguard:"), "{out:#?}");
 }
+
+/// What clients supplied (here a Unix-socket forward whose path carries a
+/// terminal escape) reaches other people's terminals through `status` and
+/// `~#` escaped visibly, never as a live control sequence.
+#[test]
+fn client_supplied_text_is_escaped_in_status() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = env.start_master(MasterKind::Muxguard);
+    let socket = env.path().join("ctl/evil\x1b]0;owned\x07.sock");
+    let spec = format!("{}:127.0.0.1:9", socket.display());
+    run(env.ssh().args(["-O", "forward", "-L", &spec, HOST])).assert_success("-O forward");
+    let status = run(env
+        .command(env!("CARGO_BIN_EXE_muxguard"))
+        .args(["status", "--control-path"])
+        .arg(env.control_path())
+        .arg(HOST));
+    status.assert_success("muxguard status");
+    assert!(
+        status.stdout.contains("evil\\u{1b}]0;owned\\u{7}.sock"),
+        "{}",
+        status.stdout
+    );
+    assert!(!status.stdout.contains('\x1b') && !status.stdout.contains('\x07'));
+}

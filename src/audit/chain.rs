@@ -462,6 +462,9 @@ pub enum ControlOperation {
     StopListening,
     /// `-O cancel`.
     CancelForward,
+    /// `muxguard status`, `muxguard forget`, `-O conninfo`/`channels`
+    /// asked by another uid.
+    Info,
 }
 
 /// What was requested. The JSON field `kind` names it, with the names rule

@@ -262,6 +262,7 @@ impl Requester {
             audit::ControlOperation::Terminate => "exit",
             audit::ControlOperation::StopListening => "stop",
             audit::ControlOperation::CancelForward => "cancel",
+            audit::ControlOperation::Info => "info",
         };
         let audited = audit::RequestKind::Control {
             operation,
@@ -643,15 +644,13 @@ async fn serve(
             }
             ClientMessage::CloseForward { rid, spec } => {
                 let description = forward::describe_spec(&spec);
-                let asked = Asked {
-                    kind: forward_kind(&spec),
-                    command: Some(&description),
-                    local_port: forward::local_tcp_port(&spec),
-                };
+                // Cancelling is control of the master, as -O exit is: a
+                // rule for opening forwards does not cover it.
                 let outcome = requester
-                    .decide_asked(
+                    .decide(
                         master,
-                        &asked,
+                        RequestKind::Control,
+                        Some("cancel"),
                         audit::RequestKind::Control {
                             operation: audit::ControlOperation::CancelForward,
                             forward: Some(description.clone()),
@@ -716,6 +715,27 @@ async fn serve(
                 };
             }
             ClientMessage::ExtInfo { rid, name } => {
+                // What the master knows of every session (commands, cwd)
+                // and forgetting answers are its owner's: another uid let
+                // in by a `peers` rule needs a control decision for them.
+                if requester.peer.uid != rustix::process::getuid().as_raw() {
+                    let outcome = requester
+                        .decide(
+                            master,
+                            RequestKind::Control,
+                            Some(name.as_str()),
+                            audit::RequestKind::Control {
+                                operation: audit::ControlOperation::Info,
+                                forward: None,
+                            },
+                        )
+                        .await
+                        .0;
+                    if !matches!(outcome, Outcome::Allow { .. }) {
+                        writer.send(&refusal(rid, &outcome)).await?;
+                        continue;
+                    }
+                }
                 let (supported, text) = match name.as_str() {
                     "connection" => (true, master.describe_connection()),
                     "channels" => (true, master.describe_sessions().replace("\r\n", "\n")),
