@@ -307,7 +307,10 @@ pub struct MasterOptions {
 /// Where the audit log goes: `--audit-log`, else the policy's `audit_log`,
 /// else the default in the state directory.
 pub fn audit_path(flag: Option<PathBuf>, policy: &PolicyStore) -> PathBuf {
+    let uid = rustix::process::getuid().as_raw();
+    let user = crate::access::decide::accounts::user_name(uid);
     flag.or_else(|| policy.current().ok().and_then(|p| p.settings().audit_log))
+        .map(|path| crate::audit::expand_path(&path, uid, user.as_deref()))
         .unwrap_or_else(crate::audit::default_path)
 }
 

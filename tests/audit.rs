@@ -425,3 +425,38 @@ fn a_held_audit_lock_never_freezes_the_master() {
     out.assert_success("a session once the lock is released");
     assert_eq!(out.stdout.trim(), "ran");
 }
+
+/// A system policy can give every user a file of their own
+/// (`audit_log = ".../%u.jsonl"`), so that nobody can hold the lock of, or
+/// write into, another user's log.
+#[test]
+fn a_system_audit_log_can_be_one_file_per_user() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let logs = env.path().join("var-log");
+    let system = env.path().join("system-policy.toml");
+    std::fs::write(
+        &system,
+        format!(
+            "[defaults]\naction = \"allow\"\naudit_log = \"{}/%u.jsonl\"\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let _master = Master::start_with_args(
+        &env,
+        MasterKind::Muxguard,
+        &["--system-policy".as_ref(), system.as_os_str()],
+    );
+    run(&mut env.ssh_cmd("echo hi")).assert_success("session");
+    let me = run(std::process::Command::new("id").arg("-un"));
+    let mine = logs.join(format!("{}.jsonl", me.stdout.trim()));
+    assert!(
+        mine.exists(),
+        "no per-user log: {:?}",
+        std::fs::read_dir(&logs).map(|d| d.count())
+    );
+    assert!(events(&records(&mine)).contains(&"session_open"));
+}

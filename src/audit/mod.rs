@@ -16,6 +16,63 @@ pub fn default_path() -> std::path::PathBuf {
     crate::paths::state_dir().join("audit.jsonl")
 }
 
+/// Expands the tokens of an `audit_log` setting: `%u` the user's name (its
+/// uid when /etc/passwd does not know it), `%i` the uid, `%%` a `%`. A
+/// system policy names one file per user this way, so that no user can
+/// hold the lock of, or write into, another's log.
+pub fn expand_path(setting: &std::path::Path, uid: u32, user: Option<&str>) -> std::path::PathBuf {
+    let text = setting.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => match user {
+                Some(name) => out.push_str(name),
+                None => out.push_str(&uid.to_string()),
+            },
+            Some('i') => out.push_str(&uid.to_string()),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    std::path::PathBuf::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_path;
+    use std::path::Path;
+
+    #[test]
+    fn per_user_tokens_expand() {
+        let p = |s: &str, user| expand_path(Path::new(s), 1001, user);
+        assert_eq!(
+            p("/var/log/muxguard/%u.jsonl", Some("alice")),
+            Path::new("/var/log/muxguard/alice.jsonl")
+        );
+        assert_eq!(
+            p("/var/log/muxguard/%u.jsonl", None),
+            Path::new("/var/log/muxguard/1001.jsonl")
+        );
+        assert_eq!(
+            p("/l/%i/a%%b%x%", Some("alice")),
+            Path::new("/l/1001/a%b%x%")
+        );
+        assert_eq!(
+            p("/plain/audit.jsonl", Some("alice")),
+            Path::new("/plain/audit.jsonl")
+        );
+    }
+}
+
 /// `muxguard audit …`.
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
