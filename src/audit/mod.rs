@@ -46,33 +46,6 @@ pub fn expand_path(setting: &std::path::Path, uid: u32, user: Option<&str>) -> s
     std::path::PathBuf::from(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::expand_path;
-    use std::path::Path;
-
-    #[test]
-    fn per_user_tokens_expand() {
-        let p = |s: &str, user| expand_path(Path::new(s), 1001, user);
-        assert_eq!(
-            p("/var/log/muxguard/%u.jsonl", Some("alice")),
-            Path::new("/var/log/muxguard/alice.jsonl")
-        );
-        assert_eq!(
-            p("/var/log/muxguard/%u.jsonl", None),
-            Path::new("/var/log/muxguard/1001.jsonl")
-        );
-        assert_eq!(
-            p("/l/%i/a%%b%x%", Some("alice")),
-            Path::new("/l/1001/a%b%x%")
-        );
-        assert_eq!(
-            p("/plain/audit.jsonl", Some("alice")),
-            Path::new("/plain/audit.jsonl")
-        );
-    }
-}
-
 /// `muxguard audit …`.
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
@@ -104,5 +77,32 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_path;
+    use std::path::Path;
+
+    #[test]
+    fn per_user_tokens_expand() {
+        let p = |s: &str, user| expand_path(Path::new(s), 1001, user);
+        assert_eq!(
+            p("/var/log/muxguard/%u.jsonl", Some("alice")),
+            Path::new("/var/log/muxguard/alice.jsonl")
+        );
+        assert_eq!(
+            p("/var/log/muxguard/%u.jsonl", None),
+            Path::new("/var/log/muxguard/1001.jsonl")
+        );
+        assert_eq!(
+            p("/l/%i/a%%b%x%", Some("alice")),
+            Path::new("/l/1001/a%b%x%")
+        );
+        assert_eq!(
+            p("/plain/audit.jsonl", Some("alice")),
+            Path::new("/plain/audit.jsonl")
+        );
     }
 }
