@@ -17,7 +17,7 @@
 //!   exit status and CLOSE in the order the server sent them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -38,6 +38,10 @@ use crate::upstream::session::Traffic;
 /// The window we grant the client per channel, as OpenSSH's client grants
 /// its server (2 MiB).
 pub const LOCAL_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Channel requests a proxy client may have queued on one channel before
+/// they are handled (the stock client sends a handful: pty, env, exec).
+pub const MAX_PENDING_REQUESTS: usize = 64;
 /// The largest data packet we accept from the client.
 pub const LOCAL_MAX_PACKET: u32 = 32 * 1024;
 /// The largest data packet we send, whatever the client allows: output
@@ -223,6 +227,8 @@ pub struct ChannelStart {
     /// client went away: stop at once, even in the middle of a send.
     pub cancel: oneshot::Receiver<()>,
     pub window: Arc<ClientWindow>,
+    /// Requests queued in `ops` and not handled yet.
+    pub pending_requests: Arc<AtomicUsize>,
     /// The window we still grant the client; the connection checks data
     /// against it, we re-open it as data is consumed.
     pub granted: Arc<AtomicU32>,
@@ -271,6 +277,7 @@ pub async fn run(start: ChannelStart) {
         cancel,
         window,
         granted,
+        pending_requests,
         ctx,
     } = start;
     let master = Arc::clone(&ctx.master);
@@ -380,6 +387,7 @@ pub async fn run(start: ChannelStart) {
                     want_reply,
                     request,
                 } => {
+                    pending_requests.fetch_sub(1, Ordering::AcqRel);
                     handle_request(
                         &ctx,
                         &shared,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -35,6 +35,11 @@ pub enum ProxyError {
     Packet(#[from] packet::PacketError),
     #[error("client sent {len} bytes on channel {id} with only {window} bytes of window")]
     WindowExceeded { id: u32, len: usize, window: u32 },
+    #[error(
+        "client queued more than {} requests on channel {id} without waiting for them",
+        channel::MAX_PENDING_REQUESTS
+    )]
+    TooManyRequests { id: u32 },
 }
 
 /// One channel number of ours.
@@ -53,6 +58,8 @@ struct Running {
     ops: mpsc::UnboundedSender<Op>,
     window: Arc<ClientWindow>,
     granted: Arc<AtomicU32>,
+    /// Requests sent to the channel's task that it has not handled yet.
+    pending_requests: Arc<AtomicUsize>,
     got_close: bool,
     sent_close: bool,
     /// Dropping it stops the channel's input task.
@@ -270,6 +277,12 @@ impl Proxy {
                 request,
             } => {
                 if let Some(running) = self.running(recipient) {
+                    // Requests carry no window: without a bound, a client
+                    // could queue them faster than the server answers.
+                    let pending = running.pending_requests.fetch_add(1, Ordering::AcqRel);
+                    if pending >= channel::MAX_PENDING_REQUESTS {
+                        return Err(ProxyError::TooManyRequests { id: recipient });
+                    }
                     let _ = running.ops.send(Op::Request {
                         want_reply,
                         request,
@@ -340,6 +353,7 @@ impl Proxy {
         let (cancel_tx, cancel) = oneshot::channel();
         let client_window = ClientWindow::new(window, max_packet);
         let granted = Arc::new(AtomicU32::new(channel::LOCAL_WINDOW));
+        let pending_requests = Arc::new(AtomicUsize::new(0));
         self.channels.insert(
             id,
             Entry {
@@ -347,6 +361,7 @@ impl Proxy {
                     ops: ops_tx,
                     window: Arc::clone(&client_window),
                     granted: Arc::clone(&granted),
+                    pending_requests: Arc::clone(&pending_requests),
                     got_close: false,
                     sent_close: false,
                     _cancel: cancel_tx,
@@ -361,6 +376,7 @@ impl Proxy {
             cancel,
             window: client_window,
             granted,
+            pending_requests,
             ctx: Arc::clone(&self.ctx),
         }));
     }
