@@ -780,18 +780,11 @@ async fn admit_and_serve(
 /// Says (once per burst) that connections without HELLO were closed to
 /// make room.
 fn report_eviction(limit: &ConnectionLimit, report: Report) {
-    let mut text = format!(
+    let what = format!(
         "{} control connections are open, the most allowed (--max-clients): closing the oldest one that has not said HELLO to make room",
         limit.cap()
     );
-    if report.also_refused > 0 {
-        text.push_str(&format!(
-            "; {} more in the last {} s",
-            report.also_refused,
-            RefusalLog::WINDOW.as_secs()
-        ));
-    }
-    warn!("{text}");
+    warn!("{}", report.describe(&what, ""));
 }
 
 /// Closes a connection over the cap, saying why (once per burst).
@@ -801,17 +794,11 @@ fn refuse_over_cap(
     limit: &ConnectionLimit,
     report: Report,
 ) {
-    let mut reason = format!(
+    let what = format!(
         "{} control connections are open, the most allowed (--max-clients)",
         limit.cap()
     );
-    if report.also_refused > 0 {
-        reason.push_str(&format!(
-            "; {} more refused in the last {} s",
-            report.also_refused,
-            RefusalLog::WINDOW.as_secs()
-        ));
-    }
+    let reason = report.describe(&what, "refused ");
     let peer = rustix::net::sockopt::socket_peercred(stream).ok();
     let (uid, gid, pid) = peer.map_or((0, 0, 0), |c| {
         (

@@ -239,6 +239,13 @@ fn same_user_cannot_ptrace_the_master_or_read_its_memory() {
 // Landlock: what the master itself can no longer do
 // ---------------------------------------------------------------------------
 
+/// The user policy of `env`'s master.
+fn write_user_policy(env: &TestEnv, text: &str) {
+    let dir = env.path().join("config/muxguard");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("policy.toml"), text).expect("write policy");
+}
+
 fn write_policy(env: &TestEnv, ports: &[u16]) {
     let dir = env.path().join("config/muxguard");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -535,15 +542,12 @@ sys.exit(subprocess.run(sys.argv[1:]).returncode)
 "#;
     let user = test_user();
     let env = TestEnv::new();
-    let dir = env.path().join("config/muxguard");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(
-        dir.join("policy.toml"),
+    write_user_policy(
+        &env,
         "[defaults]\naction = \"deny\"\n\n\
          [[rule]]\nname = \"ssh typed in a shell\"\nprograms = [\"/usr/bin/ssh\"]\n\
          action = \"allow\"\n",
-    )
-    .expect("write policy");
+    );
     let script = env.path().join("run-ssh.sh");
     std::fs::write(
         &script,
@@ -604,15 +608,12 @@ fn another_uid_gets_no_session_list_without_a_control_rule() {
     }
     let user = test_user();
     let env = TestEnv::new();
-    let dir = env.path().join("config/muxguard");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(
-        dir.join("policy.toml"),
+    write_user_policy(
+        &env,
         "[defaults]\naction = \"allow\"\n\n\
          [[rule]]\nname = \"root may run commands\"\npeers = [\"0\"]\nkinds = [\"exec\"]\naction = \"allow\"\n\n\
          [[rule]]\nname = \"root: nothing else\"\npeers = [\"0\"]\naction = \"deny\"\n",
-    )
-    .expect("write policy");
+    );
     give_to(&env, user);
     let (_master, log) = start_master_as(&env, user);
     let mut secret = as_user(&mut env.ssh_cmd("sleep 30 # secret-marker"), user)

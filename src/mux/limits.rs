@@ -215,6 +215,20 @@ pub struct Report {
     pub also_refused: u64,
 }
 
+impl Report {
+    /// `what` (one event), with the count of the unreported ones after it.
+    pub fn describe(&self, what: &str, more: &str) -> String {
+        if self.also_refused == 0 {
+            return what.to_owned();
+        }
+        format!(
+            "{what}; {} more {more}in the last {} s",
+            self.also_refused,
+            RefusalLog::WINDOW.as_secs()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
