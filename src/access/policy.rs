@@ -2980,7 +2980,7 @@ audit_log = "/tmp/mine.jsonl"
         .settings();
         assert_eq!(
             s.audit_log,
-            Some(PathBuf::from("/var/log/muxguard/audit.jsonl"))
+            Some(PathBuf::from("/var/log/muxguard/%u.jsonl"))
         );
         assert_eq!(s.remember, Duration::from_secs(300));
         let build = vec!["build".to_owned()];

@@ -58,7 +58,10 @@ impl Drop for FlagRestorer {
 
 /// Helper threads (for descriptors epoll cannot watch, and terminal
 /// output) the master runs at most at once.
-pub const MAX_HELPER_THREADS: usize = 256;
+/// Three for each control connection at the default cap (1000): a burst
+/// of sessions whose stdin, stdout and stderr are all regular files must
+/// still fit.
+pub const MAX_HELPER_THREADS: usize = 3000;
 
 static HELPER_THREADS: AtomicUsize = AtomicUsize::new(0);
 
