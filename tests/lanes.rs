@@ -54,10 +54,15 @@ impl Open {
             .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("ssh");
         let stdin = child.stdin.take();
+        // The remote shell's start-up files may print first (a warning
+        // from a heavy .bashrc): skip to our line.
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the first line");
+        while !line.starts_with("conn ") {
+            line.clear();
+            let read = reader.read_line(&mut line).expect("a line");
+            assert!(read > 0, "the session ended before saying its connection");
+        }
         let port = source_port(&line);
         Open { child, stdin, port }
     }
