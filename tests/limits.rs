@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::mux::{RawClient, hello};
+use common::mux::{MUX_C_ALIVE_CHECK, MUX_S_ALIVE, Msg, RawClient, hello};
 use common::process::poll_until;
 use common::{Master, MasterKind, TestEnv, run};
 
@@ -97,11 +97,16 @@ fn connections_past_the_cap_are_refused_with_the_reason() {
             let mut client = RawClient::connect(env.control_path());
             client.expect_hello();
             client.send(&hello(4)).expect("HELLO");
+            // Answered only after the master has taken the HELLO, so both
+            // are past it (no longer give way) before the third connects.
+            client
+                .send(&Msg::new(MUX_C_ALIVE_CHECK).u32(1))
+                .expect("ALIVE_CHECK");
+            let reply = client.read_packet();
+            assert_eq!(reply[..4], MUX_S_ALIVE.to_be_bytes());
             client
         })
         .collect();
-    // Give the master the moment it needs to read both HELLOs.
-    std::thread::sleep(Duration::from_millis(300));
     let mut third = RawClient::connect(env.control_path());
     third.expect_closed("a third connection over --max-clients 2");
     assert!(
@@ -111,10 +116,16 @@ fn connections_past_the_cap_are_refused_with_the_reason() {
         "{}",
         master.log()
     );
-    let audit = std::fs::read_to_string(env.path().join("state/muxguard/audit.jsonl")).unwrap();
+    // The audit writer runs on its own thread: give it a moment.
+    let audit_path = env.path().join("state/muxguard/audit.jsonl");
+    let audited = || {
+        let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        audit.contains("\"client_refused\"") && audit.contains("the most allowed (--max-clients)")
+    };
     assert!(
-        audit.contains("\"client_refused\"") && audit.contains("the most allowed (--max-clients)"),
-        "{audit}"
+        poll_until(Duration::from_secs(5), audited),
+        "{}",
+        std::fs::read_to_string(&audit_path).unwrap_or_default()
     );
     drop(talking);
     // Room again.
