@@ -1012,20 +1012,23 @@ def print_tables(report):
     print(report)
 
 
-def write_markdown(path, report):
-    block = f"{MD_BEGIN}\n{report.rstrip()}\n{MD_END}\n"
+def write_markdown(path, report, begin=MD_BEGIN, end=MD_END,
+                   heading="## Results (bench.py)"):
+    """Replace the section between `begin` and `end` in `path`, or append
+    one under `heading`."""
+    block = f"{begin}\n{report.rstrip()}\n{end}\n"
     text = ""
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-    if MD_BEGIN in text and MD_END in text:
-        pre = text.split(MD_BEGIN, 1)[0]
-        post = text.split(MD_END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        pre = text.split(begin, 1)[0]
+        post = text.split(end, 1)[1].lstrip("\n")
         text = pre + block + ("\n" + post if post else "")
     else:
         if text and not text.endswith("\n"):
             text += "\n"
-        text += ("\n" if text else "") + "## Results (bench.py)\n\n" + block
+        text += ("\n" if text else "") + heading + "\n\n" + block
     with open(path, "w") as f:
         f.write(text)
 
@@ -1033,15 +1036,19 @@ def write_markdown(path, report):
 # ---------------------------------------------------------------- main
 
 
-def muxguard_binary():
+def muxguard_binary(default_target=os.path.join(REPO, "target")):
+    """$MUXGUARD_BIN, else a release build in $CARGO_TARGET_DIR (else
+    `default_target`)."""
     env_bin = os.environ.get("MUXGUARD_BIN")
     if env_bin:
         if not os.access(env_bin, os.X_OK):
             sys.exit(f"MUXGUARD_BIN={env_bin} is not an executable")
         return env_bin
-    log("building muxguard (cargo build --release; set MUXGUARD_BIN to skip)")
-    run(["cargo", "build", "--release"], cwd=REPO)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    target = os.environ.get("CARGO_TARGET_DIR") or default_target
+    log(f"building muxguard (cargo build --release, CARGO_TARGET_DIR={target}; "
+        "set MUXGUARD_BIN to skip)")
+    subprocess.run(["cargo", "build", "--release"], cwd=REPO, check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=target), timeout=3600)
     return os.path.join(target, "release", "muxguard")
 
 

@@ -949,41 +949,7 @@ def build_report(info, args, cmdline, results, notes, elapsed, load):
     return "\n".join(L).rstrip() + "\n"
 
 
-def write_markdown(path, report):
-    """Replace the section between the markers in `path`, or append one."""
-    block = f"{MD_BEGIN}\n{report.rstrip()}\n{MD_END}\n"
-    text = ""
-    if os.path.exists(path):
-        with open(path) as f:
-            text = f.read()
-    if MD_BEGIN in text and MD_END in text:
-        pre = text.split(MD_BEGIN, 1)[0]
-        post = text.split(MD_END, 1)[1].lstrip("\n")
-        text = pre + block + ("\n" + post if post else "")
-    else:
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text += ("\n" if text else "") + "## Fairness (fairness.py)\n\n" + block
-    with open(path, "w") as f:
-        f.write(text)
-
-
 # ---------------------------------------------------------------- main
-
-
-def muxguard_binary():
-    path = os.environ.get("MUXGUARD_BIN")
-    if path:
-        if not os.access(path, os.X_OK):
-            sys.exit(f"MUXGUARD_BIN={path} is not an executable")
-        return path
-    target = (os.environ.get("CARGO_TARGET_DIR")
-              or os.path.join(os.path.dirname(bench.REPO), "target-bench"))
-    log(f"building muxguard (cargo build --release, CARGO_TARGET_DIR={target}; "
-        "set MUXGUARD_BIN to skip)")
-    subprocess.run(["cargo", "build", "--release"], cwd=bench.REPO, check=True,
-                   env=dict(os.environ, CARGO_TARGET_DIR=target), timeout=3600)
-    return os.path.join(target, "release", "muxguard")
 
 
 def csv(choices=None, conv=str):
@@ -1044,7 +1010,11 @@ def main():
             log(f"note: congestion control {cc} is not available; skipping it")
     if not ccs:
         sys.exit("no congestion control left to measure")
-    bin_path = muxguard_binary() if "muxguard" in args.configs else None
+    # Its own target directory, so that it never waits for the lock of a
+    # concurrent build in the default one.
+    target_bench = os.path.join(os.path.dirname(bench.REPO), "target-bench")
+    bin_path = (bench.muxguard_binary(target_bench)
+                if "muxguard" in args.configs else None)
     cmdline = "python3 bench/fairness.py" + "".join(f" {a}" for a in sys.argv[1:])
     if os.environ.get("MUXGUARD_BIN"):
         cmdline = "MUXGUARD_BIN=… " + cmdline
@@ -1101,7 +1071,8 @@ def main():
     print()
     print(report)
     if args.markdown:
-        write_markdown(args.markdown, report)
+        bench.write_markdown(args.markdown, report, MD_BEGIN, MD_END,
+                             "## Fairness (fairness.py)")
         log(f"results written to {args.markdown}")
 
 
