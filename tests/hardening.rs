@@ -30,16 +30,6 @@ fn proc_field(pid: u32, file: &str, prefix: &str) -> String {
         .to_string()
 }
 
-fn status_of(env: &TestEnv) -> String {
-    let status = run(env
-        .command(MUXGUARD)
-        .args(["status", "--control-path"])
-        .arg(env.control_path())
-        .arg(HOST));
-    status.assert_success("muxguard status");
-    status.stdout
-}
-
 fn audit_log(env: &TestEnv) -> String {
     std::fs::read_to_string(env.path().join("state/muxguard/audit.jsonl")).unwrap_or_default()
 }
@@ -63,7 +53,7 @@ fn master_runs_without_new_privileges_or_core_files() {
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(fields.get(4..6), Some(&["0", "0"][..]), "{core:?}");
 
-    let status = status_of(&env);
+    let status = env.status();
     assert!(
         status.contains("fs enforced")
             && status.contains("ptrace: blocked; no_new_privs: on; core dumps: off"),
@@ -290,7 +280,7 @@ fn remote_forward_to_a_port_the_policy_did_not_allow_is_blocked_by_the_sandbox()
     let (allowed, other) = (TcpServer::echo(), TcpServer::echo());
     write_policy(&env, &[allowed.port()]);
     let _master = env.start_master(MasterKind::Muxguard);
-    let status = status_of(&env);
+    let status = env.status();
     assert!(status.contains("net enforced"), "{status}");
 
     let (remote_allowed, remote_other) = (free_port(), free_port());
@@ -450,7 +440,7 @@ fn no_sandbox_is_loud_and_audited() {
     }
     let env = TestEnv::new();
     let master = Master::start_with_args(&env, MasterKind::Muxguard, &["--no-sandbox"]);
-    assert!(status_of(&env).contains("SANDBOX DISABLED"));
+    assert!(env.status().contains("SANDBOX DISABLED"));
     let start = audit_log(&env);
     assert!(
         start.contains("\"event\":\"master_start\"") && start.contains("SANDBOX DISABLED"),

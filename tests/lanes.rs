@@ -16,16 +16,6 @@ use common::{HOST, Master, MasterKind, TestEnv, run};
 
 const CONNECTION: &str = "echo \"conn $SSH_CONNECTION\"";
 
-fn status(env: &TestEnv) -> String {
-    let out = run(env
-        .command(env!("CARGO_BIN_EXE_muxguard"))
-        .args(["status", "--control-path"])
-        .arg(env.control_path())
-        .arg(HOST));
-    out.assert_success("muxguard status");
-    out.stdout
-}
-
 /// The client's source port in a line `conn IP PORT IP PORT`.
 fn source_port(line: &str) -> u16 {
     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -122,9 +112,9 @@ fn bulk_next_to_a_shell_runs_on_a_warm_lane_that_closes_after() {
     );
     // The lane is opened ahead of need while someone types.
     assert!(
-        poll_until(Duration::from_secs(10), || status(&env).contains("(lane")),
+        poll_until(Duration::from_secs(10), || env.status().contains("(lane")),
         "no warm lane next to the shell: {}\n{}",
-        status(&env),
+        env.status(),
         master.log()
     );
     let logins = env.sshd().accepted_count();
@@ -142,9 +132,9 @@ fn bulk_next_to_a_shell_runs_on_a_warm_lane_that_closes_after() {
 
     shell.end();
     assert!(
-        poll_until(Duration::from_secs(10), || !status(&env).contains("(lane")),
+        poll_until(Duration::from_secs(10), || !env.status().contains("(lane")),
         "the lane stayed open after the shell ended: {}",
-        status(&env)
+        env.status()
     );
     assert!(
         master.log().contains("closing lane connection"),
@@ -170,7 +160,7 @@ fn a_shell_opened_during_a_transfer_gets_a_lane_of_its_own() {
         "the shell shared the transfer's connection: {}",
         master.log()
     );
-    let text = status(&env);
+    let text = env.status();
     assert!(
         text.contains("first connection: 0 interactive, 1 bulk")
             && text.contains(
@@ -181,9 +171,9 @@ fn a_shell_opened_during_a_transfer_gets_a_lane_of_its_own() {
     shell.end();
     transfer.end();
     assert!(
-        poll_until(Duration::from_secs(10), || !status(&env).contains("(lane")),
+        poll_until(Duration::from_secs(10), || !env.status().contains("(lane")),
         "{}",
-        status(&env)
+        env.status()
     );
 }
 
@@ -198,7 +188,7 @@ fn without_an_agent_everything_shares_one_connection() {
     let _master = env.start_master(MasterKind::Muxguard);
     let shell = Open::start(&env, true);
     assert_eq!(bulk_port(&env), shell.port);
-    let text = status(&env);
+    let text = env.status();
     assert!(
         text.contains("lanes: off (no ssh-agent")
             && text.contains("first connection: 1 interactive, 0 bulk"),
@@ -220,7 +210,7 @@ fn no_lanes_keeps_one_connection_even_with_an_agent() {
     let _master = master_with_agent(&env, &agent, &["--no-lanes"]);
     let shell = Open::start(&env, true);
     assert_eq!(bulk_port(&env), shell.port);
-    let text = status(&env);
+    let text = env.status();
     assert!(text.contains("lanes: off (--no-lanes)"), "{text}");
     shell.end();
     assert_eq!(env.sshd().accepted_count(), 1);
@@ -251,7 +241,7 @@ fn a_bulk_upload_next_to_a_shell_is_paced_and_complete() {
         }
     });
     let paced = poll_until(Duration::from_secs(30), || {
-        status(&env).contains("bulk input paced at")
+        env.status().contains("bulk input paced at")
     });
     writer.join().expect("writer");
     let out = upload.wait_with_output().expect("upload");

@@ -225,6 +225,17 @@ Host {HOST}
         cmd
     }
 
+    /// `muxguard status` of this test's master; asserts that it succeeds.
+    pub fn status(&self) -> String {
+        let out = run(self
+            .command(super::master::MUXGUARD)
+            .args(["status", "--control-path"])
+            .arg(self.control_path())
+            .arg(HOST));
+        out.assert_success("muxguard status");
+        out.stdout
+    }
+
     /// `ssh -F <ssh_config> -O <op> testhost`, run to completion.
     pub fn control(&self, op: &str) -> process::Output {
         run(self.ssh().args(["-O", op, HOST]))
