@@ -457,7 +457,22 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     // Before the socket: the bus connection is part of start-up (nothing
     // may need new sockets once the sandbox is on).
     let prompter = Prompter::discover().await;
-    let socket = ControlSocket::bind(&control_path)?;
+    let access = SocketAccess::for_policy(&policy);
+    let socket = ControlSocket::bind(&control_path, access)?;
+    if access == SocketAccess::Peers {
+        info!(
+            "control socket {} is mode 0666: the policy lists peers; each connection is admitted or refused by its credentials",
+            control_path.display()
+        );
+        if let Some((dir, mode)) = paths::first_closed_directory(&control_path) {
+            warn!(
+                "the policy lists peers, but {} (mode {mode:04o}) keeps other users from reaching {}: \
+                 give them search permission (chmod 0711) or use a ControlPath in a shared directory (docs/sharing.md)",
+                dir.display(),
+                control_path.display()
+            );
+        }
+    }
     let listener = socket.listener()?;
     let audit_path = audit_path(audit_log, &policy);
     if sandbox == sandbox::Mode::Enforce
@@ -857,6 +872,36 @@ async fn recv_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
+/// Who the control socket's file mode lets connect. SO_PEERCRED decides
+/// every connection either way; the mode only keeps out those who could
+/// never be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// 0600, as OpenSSH creates it.
+    OwnerOnly,
+    /// 0666: the policy lists `peers`, who must be able to connect so the
+    /// master can check who they are.
+    Peers,
+}
+
+impl SocketAccess {
+    pub fn for_policy(policy: &PolicyStore) -> SocketAccess {
+        // An unreadable policy admits no peer (admission fails closed), so
+        // the socket stays private until the next start.
+        match policy.current() {
+            Ok(set) if set.admits_any_peer() => SocketAccess::Peers,
+            _ => SocketAccess::OwnerOnly,
+        }
+    }
+
+    fn umask(self) -> u32 {
+        match self {
+            SocketAccess::OwnerOnly => 0o177,
+            SocketAccess::Peers => 0o111,
+        }
+    }
+}
+
 /// The bound control socket, removed on the way out only if the path still
 /// names the socket we created (never another master's).
 pub struct ControlSocket {
@@ -866,9 +911,10 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds under a temporary name with mode 0600 and links it into place,
-    /// which fails rather than replaces if the path appeared meanwhile.
-    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+    /// Binds under a temporary name with the mode `access` says and links
+    /// it into place, which fails rather than replaces if the path appeared
+    /// meanwhile.
+    pub fn bind(path: &Path, access: SocketAccess) -> anyhow::Result<ControlSocket> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket()
@@ -879,7 +925,7 @@ impl ControlSocket {
             }
         }
         let temp = temp_name(path);
-        let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(access.umask()));
         let bound = std::os::unix::net::UnixListener::bind(&temp);
         rustix::process::umask(old_mask);
         let listener =

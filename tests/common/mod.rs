@@ -9,6 +9,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod accounts;
 pub mod agent;
 pub mod env;
 pub mod master;

@@ -166,6 +166,27 @@ impl RawClient {
     }
 }
 
+impl RawClient {
+    /// Like [`RawClient::expect_closed`], for a connection that may first
+    /// answer part of what was sent: reads and discards until the master
+    /// closes it. Returns how many bytes came before the close.
+    pub fn expect_closed_after_replies(&mut self, what: &str) -> usize {
+        let mut buf = [0; 4096];
+        let mut discarded = 0;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return discarded,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return discarded,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("{what}: the master kept the connection open for {IO_TIMEOUT:?}")
+                }
+                Err(e) => panic!("{what}: reading from the master: {e}"),
+            }
+        }
+    }
+}
+
 // ---- Forwarding requests (mux-protocol.md §3.5, §3.6) ----
 
 pub const MUX_C_OPEN_FWD: u32 = 0x1000_0006;
