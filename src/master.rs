@@ -257,7 +257,9 @@ impl MasterState {
             text.push(')');
             for buffer in &info.buffers {
                 let (memory, disk, paused) = buffer.usage();
-                if memory > 0 || disk > 0 || paused {
+                // Less than a KiB in memory is output on its way, not a
+                // reader that stopped.
+                if memory >= 1024 || disk > 0 || paused {
                     text.push_str(&format!(
                         ", {} waiting for the client: {} KiB in memory, {} KiB on disk{}",
                         buffer.name(),

@@ -122,3 +122,62 @@ fn client_supplied_text_is_escaped_in_status() {
     );
     assert!(!status.stdout.contains('\x1b') && !status.stdout.contains('\x07'));
 }
+
+/// A session whose reader has stopped: what the master holds for it shows
+/// in `muxguard status` and in `~#` of another, interactive session, so
+/// the user can see where memory and disk went.
+#[test]
+fn a_stalled_sessions_unread_output_shows_in_status_and_tilde_hash() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = env.start_master(MasterKind::Muxguard);
+    // Its stdout is a pipe nobody reads: after the pipe's 64 KiB the output
+    // waits in the master.
+    let mut cmd = env.ssh_cmd("head -c 32M /dev/zero; sleep 60");
+    cmd.stdout(Stdio::piped());
+    let _stalled = ChildGuard::spawn(cmd, "stalled session");
+    // Session 1 is the stalled one; a terminal may wrap the long line
+    // anywhere, so line breaks are ignored.
+    let waiting = |text: &str| {
+        const NEEDLE: &str = "session 1 stdout waiting for the client: ";
+        let text = text.replace('\n', "");
+        text.find(NEEDLE).is_some_and(|at| {
+            let rest = &text[at + NEEDLE.len()..];
+            rest.contains(" KiB in memory, ") && !rest.starts_with("0 KiB in memory, 0 KiB on disk")
+        })
+    };
+    let mut last = String::new();
+    let shown = common::process::poll_until(Duration::from_secs(20), || {
+        last = env.status();
+        waiting(&last)
+    });
+    assert!(shown, "status does not show the stalled output:\n{last}");
+
+    // `~#` in an interactive session lists the same (wide enough for the
+    // line not to wrap).
+    let config = env.config_path();
+    let tmux = common::tmux::Tmux::start(
+        &env,
+        250,
+        24,
+        &[
+            "ssh",
+            "-F",
+            config.to_str().expect("UTF-8 path"),
+            "-t",
+            HOST,
+            "env PS1='stalled> ' bash --norc --noprofile -i",
+        ],
+    );
+    tmux.wait_for_line("the remote prompt", || {}, |l| l.starts_with("stalled>"));
+    tmux.enter();
+    tmux.type_text("~#");
+    let mut screen = String::new();
+    let listed = common::process::poll_until(Duration::from_secs(20), || {
+        screen = tmux.screen();
+        waiting(&screen)
+    });
+    assert!(listed, "`~#` does not list the stalled output:\n{screen}");
+}

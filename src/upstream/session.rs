@@ -205,6 +205,10 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         spawn_output(stdout, &master, format!("session {session_id} stdout"));
     let (stderr_queue, stderr_writer) =
         spawn_output(stderr, &master, format!("session {session_id} stderr"));
+    master.attach_buffers(
+        session_id,
+        vec![Arc::clone(&stdout_queue), Arc::clone(&stderr_queue)],
+    );
     let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<EscapeAction>();
     let escape = if request.want_tty {
         EscapeFilter::from_wire(request.escape_char)
