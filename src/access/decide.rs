@@ -140,6 +140,11 @@ impl Outcome {
         }
     }
 
+    /// Whether the request may go ahead.
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Outcome::Allow { .. })
+    }
+
     pub fn reason(&self) -> &str {
         match self {
             Outcome::Allow { reason } | Outcome::Direct { reason } | Outcome::Deny { reason } => {

@@ -4,5 +4,6 @@ pub mod escape;
 pub mod fdpass;
 pub mod limits;
 pub mod passed_fd;
+mod requests;
 pub mod server;
 pub mod wire;

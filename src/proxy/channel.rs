@@ -675,7 +675,7 @@ async fn start_session(
         .requester
         .decide(&ctx.master, kind, command.as_deref(), audited)
         .await;
-    if !matches!(outcome, Outcome::Allow { .. }) {
+    if !outcome.is_allow() {
         // "Direct" means nothing here: the client is already ours.
         warn!(
             client = ctx.requester.client_id,

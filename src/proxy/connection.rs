@@ -17,7 +17,6 @@ use tracing::{debug, info, warn};
 
 use super::channel::{self, ChannelStart, ClientWindow, Context, Event, Op, Upstream};
 use super::packet::{self, ClientPacket, GlobalRequest, OpenKind, ServerPacket, open_failure};
-use crate::access::decide::Outcome;
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
 use crate::master::MasterState;
@@ -513,7 +512,7 @@ impl Proxy {
                 },
             )
             .await;
-        if !matches!(outcome, Outcome::Allow { .. }) {
+        if !outcome.is_allow() {
             return ServerPacket::RequestFailure;
         }
         let Ok(requested) = u16::try_from(port) else {
