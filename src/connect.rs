@@ -53,7 +53,7 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         child_args.extend(args.policy.to_args());
         child_args.extend(args.ssh.to_args());
         return Ok(match daemon::spawn_and_wait(&child_args)? {
-            Started::Ready { .. } => ExitCode::SUCCESS,
+            Started::Ready => ExitCode::SUCCESS,
             Started::Failed { code } => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         });
     }

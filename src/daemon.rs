@@ -34,8 +34,8 @@ pub fn detached() -> bool {
 
 /// What the parent learned from its background child.
 pub enum Started {
-    /// The socket is live; the master runs with this pid.
-    Ready { pid: u32 },
+    /// The socket is live; the master runs on.
+    Ready,
     /// The child exited before it was ready (it has said why on stderr).
     Failed { code: i32 },
 }
@@ -57,12 +57,11 @@ pub fn spawn_and_wait(connect_args: &[OsString]) -> anyhow::Result<Started> {
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
     let _ = BufReader::new(stdout).read_line(&mut line);
-    if let Some(pid) = line
-        .strip_prefix("ready ")
-        .and_then(|p| p.trim().parse().ok())
+    if let Some(pid) = line.strip_prefix("ready ")
+        && pid.trim().parse::<u32>().is_ok()
     {
         // The child lives on; it is reparented when we exit.
-        return Ok(Started::Ready { pid });
+        return Ok(Started::Ready);
     }
     let status = child.wait()?;
     Ok(Started::Failed {

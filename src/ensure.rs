@@ -52,7 +52,7 @@ pub fn run(args: EnsureArgs) -> anyhow::Result<ExitCode> {
     connect_args.extend(args.policy.to_args());
     connect_args.extend(args.ssh.to_args());
     match daemon::spawn_and_wait(&connect_args)? {
-        Started::Ready { .. } => Ok(ExitCode::SUCCESS),
+        Started::Ready => Ok(ExitCode::SUCCESS),
         Started::Failed { .. } => Ok(ExitCode::FAILURE),
     }
 }

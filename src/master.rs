@@ -10,7 +10,6 @@
 //! be applied while the process still has a single thread.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -980,9 +979,4 @@ fn temp_name(path: &Path) -> PathBuf {
     name.push(".");
     name.push(suffix);
     PathBuf::from(name)
-}
-
-/// Writes a line to stderr, ignoring failures (stderr may be gone).
-pub fn say(message: &str) {
-    let _ = writeln!(std::io::stderr(), "{message}");
 }

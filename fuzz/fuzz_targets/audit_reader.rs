@@ -29,13 +29,13 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use muxguard::audit::chain::{
+use muxguard::fuzzing::chain::{
     self, Action, Chain, ClientConnect, ClientRefused, ControlOperation, Decision, DecisionSource,
     EnvName, Escape, Event, Exit, ForwardClose, ForwardConnection, ForwardOpen, MasterStart,
     MasterStop, Peer, ProcessEntry, Record, Request, RequestKind, RuleRef, SessionClose,
     SessionOpen, StreamId, Timestamp, VerifyReport,
 };
-use muxguard::audit::table;
+use muxguard::fuzzing::table;
 
 fuzz_target!(|data: &[u8]| {
     read_arbitrary_log(data);

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use muxguard::upstream::known_hosts::{
+use muxguard::fuzzing::known_hosts::{
     self, Entry, HashedHost, HostKeyVerdict, HostPatterns, LocatedEntry, Marker,
 };
 use russh::keys::PublicKeyOrCertificate;

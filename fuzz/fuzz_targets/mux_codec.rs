@@ -20,7 +20,7 @@
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use muxguard::mux::wire::{
+use muxguard::fuzzing::wire::{
     self, ClientMessage, Endpoint, ForwardKind, ForwardSpec, MAX_PACKET_LEN, PORT_STREAMLOCAL,
     ServerMessage, msg,
 };

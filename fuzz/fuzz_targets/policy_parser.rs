@@ -24,7 +24,7 @@ use std::path::Path;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use muxguard::access::policy::{
+use muxguard::fuzzing::policy::{
     Action, DecidedBy, Destination, PeerAccount, Policy, PolicySet, Ports, Request, RequestKind,
 };
 

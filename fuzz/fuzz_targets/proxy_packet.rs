@@ -20,7 +20,7 @@
 use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use muxguard::proxy::packet::{
+use muxguard::fuzzing::packet::{
     self, ChannelRequest, ClientPacket, GlobalRequest, MAX_PACKET_LEN, OpenKind, ServerPacket,
     ServerRequest, msg,
 };

@@ -120,6 +120,7 @@ impl Action {
     }
 
     /// The stricter of two actions.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn stricter(self, other: Action) -> Action {
         self.max(other)
     }
@@ -717,6 +718,7 @@ pub enum LoadError {
 }
 
 /// Reads and parses a policy file.
+#[cfg(test)]
 pub fn load(path: &Path) -> Result<Policy, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         file: path.to_owned(),
@@ -786,21 +788,25 @@ enum Match {
 
 impl Rule {
     /// The rule's `name`, unique within its file.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The line of the rule's `[[rule]]` header.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn line(&self) -> usize {
         self.line
     }
 
     /// The rule's `action`.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn action(&self) -> Action {
         self.action
     }
 
     /// The rule's `peers`, if it lists any.
+    #[cfg(feature = "fuzzing")]
     pub fn peers(&self) -> Option<&[PeerSpec]> {
         self.peers.as_deref()
     }
@@ -983,11 +989,13 @@ impl Policy {
     }
 
     /// The file this policy was read from.
+    #[cfg(test)]
     pub fn file(&self) -> &Path {
         &self.file
     }
 
     /// The file's `[defaults]`.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn defaults(&self) -> &Defaults {
         &self.defaults
     }

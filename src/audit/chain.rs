@@ -185,6 +185,7 @@ impl Timestamp {
     }
 
     /// Milliseconds since the Unix epoch, clamped to the years 1970–9999.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn from_unix_millis(millis: u64) -> Self {
         Timestamp {
             millis: millis.min(MAX_MILLIS),
@@ -195,7 +196,7 @@ impl Timestamp {
         self.millis
     }
 
-    pub fn to_system_time(&self) -> SystemTime {
+    pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.millis)
     }
 }
@@ -447,6 +448,7 @@ impl EnvName {
         EnvName(name.to_owned())
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -650,6 +652,7 @@ pub struct Escape {
 
 /// One line of the log. Serialised, the envelope fields come first in the
 /// order below, then `event` and the event's own fields.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub ts: Timestamp,
@@ -660,6 +663,7 @@ pub struct Record {
     pub event: Event,
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl Record {
     /// Parses one line (without its newline) for reading. This says nothing
     /// about integrity; use [`verify`] for that.
@@ -709,12 +713,14 @@ impl Chain {
         }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn stream(&self) -> StreamId {
         self.stream
     }
 
     /// The `seq` the next record will get, which is also how many records
     /// have been committed.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
@@ -788,6 +794,7 @@ impl Pending<'_> {
         &self.bytes
     }
 
+    #[cfg(feature = "fuzzing")]
     pub fn seq(&self) -> u64 {
         self.chain.next_seq
     }
@@ -859,6 +866,7 @@ pub enum Break {
 
 impl Break {
     /// The 1-based line number where the problem shows.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn line(&self) -> usize {
         match self {
             Break::Line { line, .. } | Break::Link { line, .. } => *line,
@@ -1024,6 +1032,7 @@ struct StreamState {
 }
 
 /// Checks every stream's chain in a whole file's text. See [`verify_bytes`].
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn verify(text: &str) -> VerifyReport {
     verify_bytes(text.as_bytes())
 }

@@ -82,6 +82,7 @@ impl AuditLog {
     /// it was and later records still chain correctly. `master_start` (only
     /// [`AuditLog::start`] writes it) and anything after a `master_stop` are
     /// refused with [`io::ErrorKind::InvalidInput`].
+    #[cfg(test)]
     pub fn append(&mut self, event: &Event) -> io::Result<()> {
         self.append_within(event, LOCK_WAIT)
     }
@@ -120,17 +121,19 @@ impl AuditLog {
         self.file.try_clone()
     }
 
-    /// This master's stream id.
     /// The last record written, as its exact line (no newline).
     pub fn last_line(&self) -> &[u8] {
         &self.last_line
     }
 
+    /// This master's stream id.
+    #[cfg(test)]
     pub fn stream(&self) -> StreamId {
         self.chain.stream()
     }
 
     /// How many records of this stream are in the file.
+    #[cfg(test)]
     pub fn records(&self) -> u64 {
         self.chain.next_seq()
     }

@@ -84,20 +84,11 @@ impl Recorder {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Best-effort record.
     pub fn record(&self, event: Event) {
         if let Err(e) = self.enqueue(event, None) {
             tracing::error!("audit record not written: {e}");
         }
-    }
-
-    /// A record that must be on disk before we go on (decisions).
-    pub async fn record_durable(&self, event: Event) -> Result<(), String> {
-        self.record_then_sync(event)?.await
     }
 
     /// Queues `event`, in order with every other record, and returns the

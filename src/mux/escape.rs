@@ -17,10 +17,6 @@
 /// Ctrl-Z, which OpenSSH uses for "suspend" after the escape character.
 const CTRL_Z: u8 = 0x1a;
 
-/// Duration, in milliseconds, of the `break` request an escape `B` sends.
-/// OpenSSH always asks for one second.
-pub const BREAK_LENGTH_MS: u32 = 1000;
-
 /// One piece of a filtered read, in the order it occurred in the input.
 ///
 /// Order matters: data typed before an escape command has to reach the
@@ -43,7 +39,8 @@ pub enum EscapeAction {
     /// this point; the filter still reports data that preceded the escape in
     /// the same read, and the caller may drop it.
     Terminate,
-    /// `~B`: send a `break` channel request of [`BREAK_LENGTH_MS`].
+    /// `~B`: a `break` channel request (not sent yet on multiplexed
+    /// sessions: the session says so on its stderr).
     SendBreak,
     /// `~R`: start a key re-exchange on the whole upstream connection.
     Rekey,
@@ -223,11 +220,13 @@ impl EscapeFilter {
     }
 
     /// The session's escape character.
+    #[cfg(test)]
     pub fn escape_char(&self) -> u8 {
         self.escape_char
     }
 
     /// Whether `~.` has been seen; from then on all input is discarded.
+    #[cfg(test)]
     pub fn is_terminated(&self) -> bool {
         self.state == State::Terminated
     }

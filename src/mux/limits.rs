@@ -90,6 +90,7 @@ impl ConnectionLimit {
         self.cap
     }
 
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.table.lock().expect("not poisoned").open
     }

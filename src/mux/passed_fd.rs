@@ -92,7 +92,8 @@ impl Drop for ThreadPermit {
     }
 }
 
-/// Helper threads in use now (for `status`).
+/// Helper threads in use now.
+#[cfg(test)]
 pub fn helper_threads() -> usize {
     HELPER_THREADS.load(Ordering::Acquire)
 }
@@ -125,6 +126,7 @@ pub struct PassedFd {
 }
 
 impl PassedFd {
+    #[cfg(test)]
     pub fn kind(&self) -> FdKind {
         self.kind
     }

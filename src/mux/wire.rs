@@ -17,9 +17,6 @@ pub const MAX_PACKET_LEN: usize = 256 * 1024;
 /// Port value meaning "the host field is a Unix-socket path".
 pub const PORT_STREAMLOCAL: u32 = 0xFFFF_FFFE;
 
-/// Escape-char value meaning "no escape character" (`ssh -e none`).
-pub const ESCAPE_NONE: u32 = 0xFFFF_FFFF;
-
 pub mod msg {
     pub const HELLO: u32 = 0x0000_0001;
     pub const C_NEW_SESSION: u32 = 0x1000_0002;
@@ -108,7 +105,8 @@ pub struct SessionRequest {
     pub want_x11: bool,
     pub want_agent: bool,
     pub subsystem: bool,
-    /// Raw escape-char value; [`ESCAPE_NONE`] disables escapes.
+    /// Raw escape-char value; anything above 255 (the client sends
+    /// 0xFFFFFFFF for `ssh -e none`) disables escapes.
     pub escape_char: u32,
     pub term: String,
     /// The remote command, or the subsystem name; empty means a shell.

@@ -109,7 +109,8 @@ impl Prompter {
         }
     }
 
-    /// A prompter that can ask nobody (tests, `--no-prompt`).
+    /// A prompter that can ask nobody.
+    #[cfg(test)]
     pub fn none() -> Prompter {
         Prompter {
             notifications: None,

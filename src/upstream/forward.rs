@@ -287,6 +287,7 @@ impl RemoteRoutes {
     /// The target for a `forwarded-tcpip` channel. The server reports the
     /// address as it bound it, which may differ in spelling from what we
     /// asked, so the port decides unless several forwards share it.
+    #[cfg(test)]
     pub fn tcp_target(&self, address: &str, port: u32) -> Option<Endpoint> {
         match self.tcp_route(address, port)? {
             RouteTarget::Local(target) => Some(target),

@@ -88,17 +88,20 @@ impl HostPattern {
     }
 
     /// Whether the pattern was written with a leading `!`.
+    #[cfg(feature = "fuzzing")]
     pub fn is_negated(&self) -> bool {
         self.negated
     }
 
     /// The pattern without its `!`, lowercased.
+    #[cfg(feature = "fuzzing")]
     pub fn glob(&self) -> &str {
         &self.glob
     }
 
     /// Whether `name` matches the glob (`*` and `?` wildcards, ASCII case
     /// ignored).  Negation is not applied here: see [`HostPatterns::matches`].
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn matches(&self, name: &str) -> bool {
         glob_match(self.glob.as_bytes(), name.to_ascii_lowercase().as_bytes())
     }
@@ -136,6 +139,7 @@ impl HashedHost {
     }
 
     /// Whether this entry was made from `name`.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn matches(&self, name: &str) -> bool {
         self.matches_lowercase(&name.to_ascii_lowercase())
     }
@@ -145,6 +149,7 @@ impl HashedHost {
     }
 
     /// The field as it appears in the file.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn as_str(&self) -> &str {
         &self.field
     }
@@ -190,6 +195,7 @@ impl HostPatterns {
 
     /// Whether the line applies to `name` (a [`lookup_name`]): some positive
     /// pattern matches and no negated pattern does.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn matches(&self, name: &str) -> bool {
         self.matches_lowercase(&name.to_ascii_lowercase())
     }
@@ -271,12 +277,14 @@ pub struct MalformedLine {
 
 /// Parses one line (without its `\n`).  `None` for blank lines, comments and
 /// malformed lines alike; use [`parse_line_checked`] to tell them apart.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse_line(line: &str) -> Option<Entry> {
     parse_line_checked(line).ok().flatten()
 }
 
 /// Parses one line: `Ok(None)` for blank lines and comments, `Err` for lines
 /// OpenSSH would skip as malformed.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn parse_line_checked(line: &str) -> Result<Option<Entry>, MalformedLine> {
     match split_line(line)? {
         Some(fields) => fields.into_entry().map(Some),
@@ -456,6 +464,7 @@ pub enum HostKeyVerdict {
 
 impl HostKeyVerdict {
     /// Whether the connection may proceed without asking anybody.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn is_trusted(&self) -> bool {
         matches!(
             self,
@@ -744,14 +753,6 @@ impl KnownHosts {
         }
     }
 
-    pub fn user_files(&self) -> &[PathBuf] {
-        &self.user_files
-    }
-
-    pub fn global_files(&self) -> &[PathBuf] {
-        &self.global_files
-    }
-
     /// Checks a presented host key against the files at the current time;
     /// see [`verify_entries`] for the meaning of `host` and `port`.
     pub fn verify(
@@ -810,6 +811,7 @@ impl KnownHosts {
     /// consults); worth a warning when a verdict is not what the user
     /// expected.  Malformed lines whose host field cannot be read at all are
     /// not included, since nothing ties them to this host.
+    #[cfg(test)]
     pub fn ignored_lines(
         &self,
         host: &str,

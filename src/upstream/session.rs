@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use russh::ChannelMsg;
 use russh::client::Msg;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::access::decide::Outcome;
@@ -510,12 +510,4 @@ fn spawn_input(
             }
         }
     })
-}
-
-/// Waits for a oneshot, treating a dropped sender as "never".
-pub async fn never_if_dropped<T>(rx: oneshot::Receiver<T>) -> T {
-    match rx.await {
-        Ok(value) => value,
-        Err(_) => std::future::pending().await,
-    }
 }
