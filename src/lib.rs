@@ -5,6 +5,9 @@
 //! fuzz targets reach the pure parsers through [`fuzzing`] (feature
 //! `fuzzing`).
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 use cli::{Cli, Command};

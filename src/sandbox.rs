@@ -302,12 +302,13 @@ impl fmt::Display for Report {
 
 /// Closes every descriptor above stderr that this process inherited, so a
 /// launcher's pipes, sockets or files do not stay reachable from the master.
-/// Must be called first thing in `main`, before this program opens any
+/// Must be called first thing (`muxguard::run` does), before this program opens any
 /// descriptor of its own.
+#[allow(unsafe_code)] // see the SAFETY comment inside
 pub fn close_inherited_fds() {
     // SAFETY: close_range only closes descriptors; it touches no memory. It
     // runs before this program has created any descriptor above 2 (first
-    // thing in main, one thread), so no Rust object owns one of the
+    // thing in `muxguard::run`, after only argument parsing, one thread), so no Rust object owns one of the
     // descriptors closed, and none is used afterwards.
     let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if closed != 0 {

@@ -389,6 +389,7 @@ impl Drop for SpillBuffer {
 /// Returns freed heap memory to the system after a large backlog drained
 /// (glibc keeps it otherwise: the chunks are small, so they come from the
 /// heap, not from separate mappings). At most every few seconds.
+#[allow(unsafe_code)] // see the SAFETY comment inside
 fn give_back_memory() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());

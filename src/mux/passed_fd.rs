@@ -377,6 +377,7 @@ fn write_all_blocking(fd: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Registers a passed fd with the event loop.
+#[allow(unsafe_code)] // see the SAFETY comment inside
 fn register(fd: PassedFd, interest: Interest) -> io::Result<AsyncFd<PassedFd>> {
     // SAFETY: `PassedFd` owns its `OwnedFd` and never replaces or closes it,
     // and `as_raw_fd` always returns that same descriptor; so the fd stays

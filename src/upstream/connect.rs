@@ -324,6 +324,7 @@ const UPSTREAM_NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Sets TCP_NOTSENT_LOWAT. Best effort: an old kernel without it only loses
 /// the latency benefit, so a failure is logged and ignored.
+#[allow(unsafe_code)] // see the SAFETY comment inside
 fn limit_unsent_bytes(stream: &TcpStream, bytes: u32) {
     use std::os::fd::AsRawFd;
     let value = bytes as libc::c_int;
