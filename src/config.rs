@@ -345,28 +345,10 @@ fn alias_host(destination: &str) -> String {
     rest.to_string()
 }
 
-/// ssh's `*` / `?` wildcard match (no character classes).
+/// ssh_config's `*` and `?` (bytes, case-sensitive, as OpenSSH's
+/// `match_pattern`).
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
+    crate::glob::ssh_match(pattern.as_bytes(), text.as_bytes())
 }
 
 #[cfg(test)]

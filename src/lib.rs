@@ -19,6 +19,7 @@ pub(crate) mod config;
 pub(crate) mod connect;
 pub(crate) mod daemon;
 pub(crate) mod ensure;
+pub(crate) mod glob;
 pub(crate) mod helper;
 pub(crate) mod master;
 pub(crate) mod mux;

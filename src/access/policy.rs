@@ -34,6 +34,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::glob;
+
 // ---------------------------------------------------------------------------
 // Built-in values
 // ---------------------------------------------------------------------------
@@ -570,102 +572,41 @@ enum Syntax {
 /// pipes, background jobs, substitutions, redirections, subshells.
 pub const SHELL_CONTROL: &[char] = &[';', '&', '|', '$', '`', '<', '>', '(', ')', '\n', '\r'];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    Literal(char),
-    /// `?`
-    One,
-    /// `*` (for paths: within one component)
-    Star,
-    /// `**` in paths: across components
-    DeepStar,
+impl Syntax {
+    fn rules(self) -> glob::Rules<char> {
+        let plain = glob::Rules::PLAIN;
+        match self {
+            Syntax::Host => glob::Rules {
+                ignore_ascii_case: true,
+                ..plain
+            },
+            Syntax::User => plain,
+            Syntax::Path => glob::Rules {
+                separator: Some('/'),
+                ..plain
+            },
+            Syntax::Command => glob::Rules {
+                wildcards_skip: SHELL_CONTROL,
+                ..plain
+            },
+        }
+    }
 }
 
+/// One pattern of a rule's list, compiled by the rules of its syntax.
 #[derive(Debug, Clone)]
-struct Glob {
-    tokens: Vec<Token>,
-    syntax: Syntax,
-}
+struct Glob(glob::Glob<char>);
 
 impl Glob {
     fn compile(pattern: &str, syntax: Syntax) -> Glob {
-        let mut tokens = Vec::new();
-        let mut chars = pattern.chars().peekable();
-        while let Some(c) = chars.next() {
-            let token = match c {
-                '?' => Token::One,
-                '*' => {
-                    let mut run = 1;
-                    while chars.next_if_eq(&'*').is_some() {
-                        run += 1;
-                    }
-                    if run > 1 && syntax == Syntax::Path {
-                        Token::DeepStar
-                    } else {
-                        Token::Star
-                    }
-                }
-                c => Token::Literal(c),
-            };
-            tokens.push(token);
-        }
-        Glob { tokens, syntax }
+        let units: Vec<char> = pattern.chars().collect();
+        Glob(glob::Glob::new(&units, syntax.rules()))
     }
 
-    /// Whether the whole of `text` matches. A table of "which prefixes of
-    /// the text can the pattern so far match", one token at a time: linear in
-    /// pattern length times text length, with none of the exponential
-    /// backtracking a naive recursive matcher has on patterns like "*a*a*a*b".
+    /// Whether the whole of `text` matches.
     fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
-        let path = self.syntax == Syntax::Path;
-        // What a wildcard may stand for.
-        let wild = |t: char| match self.syntax {
-            Syntax::Command => !SHELL_CONTROL.contains(&t),
-            _ => true,
-        };
-        let same = |p: char, t: char| {
-            if self.syntax == Syntax::Host {
-                p.eq_ignore_ascii_case(&t)
-            } else {
-                p == t
-            }
-        };
-        let mut reach = vec![false; text.len() + 1];
-        reach[0] = true;
-        // Two rows, swapped after each token; every cell of `next` is
-        // written below before it is read.
-        let mut next = vec![false; text.len() + 1];
-        for token in &self.tokens {
-            match *token {
-                Token::Literal(p) => {
-                    next[0] = false;
-                    for (i, &t) in text.iter().enumerate() {
-                        next[i + 1] = reach[i] && same(p, t);
-                    }
-                }
-                Token::One => {
-                    next[0] = false;
-                    for (i, &t) in text.iter().enumerate() {
-                        next[i + 1] = reach[i] && !(path && t == '/') && wild(t);
-                    }
-                }
-                Token::Star | Token::DeepStar => {
-                    let crosses = !path || *token == Token::DeepStar;
-                    let mut open = false;
-                    for i in 0..=text.len() {
-                        open = reach[i]
-                            || (open
-                                && i > 0
-                                && (crosses || text[i - 1] != '/')
-                                && wild(text[i - 1]));
-                        next[i] = open;
-                    }
-                }
-            }
-            std::mem::swap(&mut reach, &mut next);
-        }
-        reach[text.len()]
+        let units: Vec<char> = text.chars().collect();
+        self.0.matches(&units)
     }
 }
 

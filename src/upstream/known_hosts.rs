@@ -103,7 +103,7 @@ impl HostPattern {
     /// ignored).  Negation is not applied here: see [`HostPatterns::matches`].
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn matches(&self, name: &str) -> bool {
-        glob_match(self.glob.as_bytes(), name.to_ascii_lowercase().as_bytes())
+        crate::glob::ssh_match(self.glob.as_bytes(), name.to_ascii_lowercase().as_bytes())
     }
 }
 
@@ -209,7 +209,7 @@ impl HostPatterns {
                     if pattern.glob.len() >= MAX_SUBPATTERN_LEN {
                         return false;
                     }
-                    if glob_match(pattern.glob.as_bytes(), name.as_bytes()) {
+                    if crate::glob::ssh_match(pattern.glob.as_bytes(), name.as_bytes()) {
                         if pattern.negated {
                             return false;
                         }
@@ -220,39 +220,6 @@ impl HostPatterns {
             }
         }
     }
-}
-
-/// `*` matches any run of bytes, `?` exactly one byte, everything else
-/// itself.  OpenSSH does this recursively; the iterative form with a single
-/// backtrack point gives the same answers without exponential blow-up on
-/// hostile patterns such as `*a*a*a*a*b`.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    // Position just after the last `*` seen, and the text position it has
-    // been tried against so far.
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                p += 1;
-                backtrack = Some((p, t));
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match backtrack {
-                Some((star_p, star_t)) => {
-                    // Let the last `*` swallow one more byte and retry.
-                    p = star_p;
-                    t = star_t + 1;
-                    backtrack = Some((star_p, star_t + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// One well-formed known_hosts line.
@@ -1210,7 +1177,7 @@ mod tests {
             let pattern: Vec<u8> = (0..rng.below(7)).map(|_| alphabet[rng.below(4)]).collect();
             let text: Vec<u8> = (0..rng.below(7)).map(|_| alphabet[rng.below(2)]).collect();
             assert_eq!(
-                glob_match(&pattern, &text),
+                crate::glob::ssh_match(&pattern, &text),
                 reference_glob(&pattern, &text),
                 "{:?} vs {:?}",
                 String::from_utf8_lossy(&pattern),
