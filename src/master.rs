@@ -80,7 +80,7 @@ struct SessionInfo {
     /// The session's output buffers, for `~#` (memory, disk, paused).
     buffers: Vec<Arc<SpillBuffer>>,
     /// Bytes each way so far, for `~#` and status.
-    traffic: Option<Arc<crate::upstream::session::Traffic>>,
+    traffic: Option<Arc<crate::mux::session::Traffic>>,
 }
 
 /// Removes a session from the registry when it ends, however it ends.
@@ -183,7 +183,7 @@ impl MasterState {
     }
 
     /// Lets `~#` and status show a session's byte counts.
-    pub fn attach_traffic(&self, id: u32, traffic: Arc<crate::upstream::session::Traffic>) {
+    pub fn attach_traffic(&self, id: u32, traffic: Arc<crate::mux::session::Traffic>) {
         if let Some(info) = self.sessions.lock().expect("not poisoned").get_mut(&id) {
             info.traffic = Some(traffic);
         }

@@ -6,4 +6,5 @@ pub mod limits;
 pub mod passed_fd;
 mod requests;
 pub mod server;
+pub mod session;
 pub mod wire;

@@ -14,9 +14,9 @@ use crate::access::decide::{Asked, Outcome};
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
 use crate::master::MasterState;
+use crate::mux::session::{self, SessionEnd, SessionOpenError, SessionStart, Traffic};
 use crate::spill::SpillBuffer;
 use crate::upstream::forward::{self, OpenResult};
-use crate::upstream::session::{self, SessionEnd, SessionOpenError, SessionStart, Traffic};
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

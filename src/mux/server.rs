@@ -235,17 +235,31 @@ pub(crate) fn settle(
     outcome: Outcome,
     recorded: Result<(), String>,
 ) -> Outcome {
+    if matches!(outcome, Outcome::Deny { .. }) {
+        return outcome;
+    }
+    match refusal_if_unrecorded(master, recorded) {
+        Some(reason) => Outcome::Deny { reason },
+        None => outcome,
+    }
+}
+
+/// What a decision record that could not be written means for what it
+/// allowed: the reason to refuse it after all when the policy fails closed,
+/// `None` to go on.
+pub(crate) fn refusal_if_unrecorded(
+    master: &MasterState,
+    recorded: Result<(), String>,
+) -> Option<String> {
     match recorded {
-        Err(e) if !matches!(outcome, Outcome::Deny { .. }) && master.audit_failure_denies() => {
-            Outcome::Deny {
-                reason: format!("{e}; the policy fails closed (audit_failure = deny)"),
-            }
-        }
+        Ok(()) => None,
+        Err(e) if master.audit_failure_denies() => Some(format!(
+            "{e}; the policy fails closed (audit_failure = deny)"
+        )),
         Err(e) => {
             warn!("{e}; going on as the policy says (audit_failure = allow)");
-            outcome
+            None
         }
-        Ok(()) => outcome,
     }
 }
 

@@ -32,8 +32,8 @@ use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
 use crate::master::MasterState;
 use crate::mux::server::Requester;
+use crate::mux::session::Traffic;
 use crate::spill::SpillBuffer;
-use crate::upstream::session::Traffic;
 
 /// The window we grant the client per channel, as OpenSSH's client grants
 /// its server (2 MiB).

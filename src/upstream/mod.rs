@@ -7,7 +7,6 @@ pub mod known_hosts;
 pub mod lanes;
 pub mod overflow;
 pub mod pacing;
-pub mod session;
 pub mod socks;
 pub mod ttymodes;
 pub mod uplink;

@@ -18,7 +18,6 @@ use russh::client::Msg;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::access::decide::Outcome;
 use crate::master::MasterState;
 use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
@@ -158,16 +157,12 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         return Err(SessionOpenError::Refused(e.to_string()));
     }
     // Nothing runs on the server before the decision is on disk.
-    if let Some(synced) = decision_synced {
-        let allowed = Outcome::Allow {
-            reason: String::new(),
-        };
-        if let Outcome::Deny { reason } = server::settle(&master, allowed, synced.await) {
-            let _ = channel.close().await;
-            let _ =
-                server::deny_opened_session(&control, rid, session_id, Some(stderr), &reason).await;
-            return Err(SessionOpenError::Answered);
-        }
+    if let Some(synced) = decision_synced
+        && let Some(reason) = server::refusal_if_unrecorded(&master, synced.await)
+    {
+        let _ = channel.close().await;
+        let _ = server::deny_opened_session(&control, rid, session_id, Some(stderr), &reason).await;
+        return Err(SessionOpenError::Answered);
     }
     let start = async {
         if request.subsystem {
