@@ -568,19 +568,8 @@ fn unsupported_requests_are_refused_not_hung() {
     assert_eq!(&failure[2..6], &7u32.to_be_bytes(), "recipient is our id");
 
     // A session with an unsupported request (x11-req) wanting a reply.
-    let mut payload = string(b"session");
-    payload.extend(3u32.to_be_bytes());
-    payload.extend(0x20_0000u32.to_be_bytes());
-    payload.extend(0x8000u32.to_be_bytes());
-    raw.send_raw(&ssh_packet(90, &payload)).expect("send");
-    let confirmation = read_ssh_packet(&mut raw);
-    assert_eq!(
-        confirmation[1], 91,
-        "OPEN_CONFIRMATION: {confirmation:02x?}"
-    );
-    assert_eq!(&confirmation[2..6], &3u32.to_be_bytes());
-    let ours = &confirmation[6..10];
-    let mut payload = ours.to_vec();
+    let ours = open_session_channel(&mut raw, 3);
+    let mut payload = ours.clone();
     payload.extend(string(b"x11-req"));
     payload.push(1);
     payload.push(0);
@@ -632,17 +621,7 @@ fn a_flood_of_channel_requests_closes_that_client_only() {
     );
     let mut raw = raw_proxy(&env);
     let string = |s: &[u8]| [&(s.len() as u32).to_be_bytes()[..], s].concat();
-    let mut payload = string(b"session");
-    payload.extend(3u32.to_be_bytes());
-    payload.extend(0x20_0000u32.to_be_bytes());
-    payload.extend(0x8000u32.to_be_bytes());
-    raw.send_raw(&ssh_packet(90, &payload)).expect("send");
-    let confirmation = read_ssh_packet(&mut raw);
-    assert_eq!(
-        confirmation[1], 91,
-        "OPEN_CONFIRMATION: {confirmation:02x?}"
-    );
-    let ours = confirmation[6..10].to_vec();
+    let ours = open_session_channel(&mut raw, 3);
 
     let request = |name: &[u8], fields: &[&[u8]]| {
         let mut payload = ours.clone();
@@ -673,6 +652,27 @@ fn a_flood_of_channel_requests_closes_that_client_only() {
     let check = env.control("check");
     check.assert_success("-O check after the flood");
     env.assert_connections(1);
+}
+
+/// Opens a session channel as `sender` (2 MiB window, 32 KiB packets) and
+/// returns the master's channel number for it, as on the wire.
+fn open_session_channel(raw: &mut RawClient, sender: u32) -> Vec<u8> {
+    let mut payload = [&7u32.to_be_bytes()[..], b"session"].concat();
+    payload.extend(sender.to_be_bytes());
+    payload.extend(0x20_0000u32.to_be_bytes());
+    payload.extend(0x8000u32.to_be_bytes());
+    raw.send_raw(&ssh_packet(90, &payload)).expect("send");
+    let confirmation = read_ssh_packet(raw);
+    assert_eq!(
+        confirmation[1], 91,
+        "OPEN_CONFIRMATION: {confirmation:02x?}"
+    );
+    assert_eq!(
+        &confirmation[2..6],
+        &sender.to_be_bytes(),
+        "recipient is ours"
+    );
+    confirmation[6..10].to_vec()
 }
 
 /// Reads one SSH packet body (padding length, type, payload) in proxy mode.

@@ -220,12 +220,22 @@ impl Connection<'_> {
         }
     }
 
+    /// Decides a `control` request; false if it was refused (and the client
+    /// told why).
+    async fn control_allowed(
+        &self,
+        rid: u32,
+        operation: audit::ControlOperation,
+    ) -> Result<bool, CloseReason> {
+        let outcome = self.requester.decide_control(self.master, operation).await;
+        Ok(!self.refused(rid, &outcome).await?)
+    }
+
     async fn terminate(&mut self, rid: u32) -> Result<Flow, CloseReason> {
-        let outcome = self
-            .requester
-            .decide_control(self.master, audit::ControlOperation::Terminate)
-            .await;
-        if self.refused(rid, &outcome).await? {
+        if !self
+            .control_allowed(rid, audit::ControlOperation::Terminate)
+            .await?
+        {
             return Ok(Flow::Next);
         }
         info!(client = self.client_id(), "termination requested (-O exit)");
@@ -237,11 +247,10 @@ impl Connection<'_> {
     }
 
     async fn stop_listening(&mut self, rid: u32) -> Result<Flow, CloseReason> {
-        let outcome = self
-            .requester
-            .decide_control(self.master, audit::ControlOperation::StopListening)
-            .await;
-        if self.refused(rid, &outcome).await? {
+        if !self
+            .control_allowed(rid, audit::ControlOperation::StopListening)
+            .await?
+        {
             return Ok(Flow::Next);
         }
         info!(
