@@ -2,7 +2,11 @@
 # A guided tour on a fresh machine: installs what is missing, starts a
 # throwaway OpenSSH sshd on 127.0.0.1 with temporary keys, starts a muxguard
 # master for it, runs ssh, scp, rsync and git through the one shared
-# connection and shows what happened. Everything it starts, it stops.
+# connection, then shows what OpenSSH's master never did: a policy that
+# refuses a request (and why), the audit log and its check, and the
+# master's status with its sandbox. Everything it starts, it stops.
+#
+# MUXGUARD_BIN=/path/to/muxguard skips the build (the test suite does that).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,9 +20,13 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-echo "== building muxguard"
-(cd "$repo" && cargo build --release --quiet)
-muxguard="$repo/target/release/muxguard"
+if [ -n "${MUXGUARD_BIN:-}" ]; then
+    muxguard=$MUXGUARD_BIN
+else
+    echo "== building muxguard"
+    (cd "$repo" && cargo build --release --quiet)
+    muxguard="$repo/target/release/muxguard"
+fi
 
 work=$(mktemp -d /tmp/muxguard-demo.XXXXXX)
 sshd_pid=""
@@ -71,9 +79,23 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-export XDG_STATE_HOME="$work/state"
+# The demo's own policy, state and (empty) system policy: nothing of yours
+# is read or changed.
+export XDG_STATE_HOME="$work/state" XDG_CONFIG_HOME="$work/config"
+mkdir -p "$work/config/muxguard"
+cat >"$work/config/muxguard/policy.toml" <<'POLICY'
+[defaults]
+action = "allow"
+
+[[rule]]
+name = "nothing is deleted on demo through a shared connection"
+hosts = ["demo"]
+commands = ["rm *"]
+action = "deny"
+POLICY
+no_system=(--system-policy "$work/no-system-policy.toml")
 echo "== muxguard connect demo   (authenticates once, then backgrounds)"
-"$muxguard" connect -F "$work/ssh_config" demo
+"$muxguard" connect -F "$work/ssh_config" "${no_system[@]}" demo
 ssh -F "$work/ssh_config" -O check demo
 
 run() { echo; echo "\$ $*"; "$@"; }
@@ -82,15 +104,40 @@ head -c 5M /dev/urandom >"$work/payload"
 run scp -q -F "$work/ssh_config" "$work/payload" "demo:$work/payload.scp"
 run rsync -a -e "ssh -F $work/ssh_config" "$work/payload" "demo:$work/payload.rsync"
 cmp "$work/payload" "$work/payload.scp" && cmp "$work/payload" "$work/payload.rsync" && echo "(scp and rsync copies are byte-identical)"
-git init -q --bare "$work/repo.git"
-git -C "$work" init -q src && git -C "$work/src" -c user.email=demo@example.com -c user.name=demo commit -q --allow-empty -m "first commit"
-git -C "$work/src" push -q "$work/repo.git" HEAD:refs/heads/main
+# Both repositories name their branch, whatever git's default is.
+git init -q --bare --initial-branch=main "$work/repo.git"
+git -C "$work" init -q --initial-branch=main src
+git -C "$work/src" -c user.email=demo@example.com -c user.name=demo commit -q --allow-empty -m "first commit"
+git -C "$work/src" push -q "$work/repo.git" main
 run env GIT_SSH_COMMAND="ssh -F $work/ssh_config" git clone -q "demo:$work/repo.git" "$work/clone"
 git -C "$work/clone" log --oneline
 
 echo
 echo "== sshd authenticated this many connections (everything went through one):"
 grep -c "Accepted publickey" "$work/sshd.log"
+
+echo
+echo "== a policy decides every request: this one refuses 'rm' on demo."
+echo "   The command never runs, the reason is on ssh's stderr, and ssh does"
+echo "   not fall back to a connection of its own."
+touch "$work/keep-me"
+run ssh -F "$work/ssh_config" demo "rm $work/keep-me" || echo "(exit status $?)"
+[ -e "$work/keep-me" ] && echo "($work/keep-me is still there)"
+
+echo
+echo "== why: muxguard policy explain names the rule, file and line"
+run "$muxguard" policy explain "${no_system[@]}" --host demo --command "rm $work/keep-me"
+
+echo
+echo "== every reused session is in a hash-chained audit log"
+run "$muxguard" audit
+run "$muxguard" audit verify
+
+echo
+echo "== what the master holds now, and the sandbox it runs in"
+run "$muxguard" status -F "$work/ssh_config" demo
+
+echo
 echo "== the master's log:"
 cat "$work"/state/muxguard/*.log
 run ssh -F "$work/ssh_config" -O exit demo
