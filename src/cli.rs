@@ -10,7 +10,7 @@ use crate::config::{Persist, SshOptions};
 #[derive(Debug, Parser)]
 #[command(
     name = "muxguard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MUXGUARD_BUILD"), ")"),
     about = "A security-hardened OpenSSH connection-sharing master",
     long_about = "muxguard holds one authenticated SSH connection per host and lets the stock \
                   OpenSSH client (and scp, sftp, rsync, git) reuse it through a control socket \
@@ -55,6 +55,14 @@ pub enum Command {
     /// writes and connections under exactly those rules (in this process,
     /// which exits afterwards)
     Sandbox(SandboxArgs),
+    /// Print the manual page (roff), for `man -l -` or to install as
+    /// muxguard.1
+    Man,
+    /// Print shell completions for bash, zsh, fish, elvish or powershell
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal: runs SSH_ASKPASS for a sandboxed master
     #[command(hide = true)]
     AskpassBroker { program: PathBuf },
@@ -278,4 +286,26 @@ pub struct StatusArgs {
     pub control_path: Option<PathBuf>,
     #[command(flatten)]
     pub ssh: SshOptions,
+}
+
+/// `muxguard man`: the manual page, generated from these definitions so it
+/// never disagrees with `--help`.
+pub fn print_man_page() -> anyhow::Result<std::process::ExitCode> {
+    use clap::CommandFactory;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &page)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `muxguard completions SHELL`.
+pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<std::process::ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "muxguard",
+        &mut std::io::stdout(),
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }

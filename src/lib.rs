@@ -56,6 +56,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Ls => status::list(),
         Command::PromptTest { timeout } => prompt::prompt_test(timeout),
         Command::Sandbox(args) => sandbox_cmd::run(args),
+        Command::Man => cli::print_man_page(),
+        Command::Completions { shell } => cli::print_completions(shell),
         Command::ProcHelper => helper::serve_proc().map(|()| ExitCode::SUCCESS),
         Command::AskpassBroker { program } => {
             prompt::broker::serve(program).map(|()| ExitCode::SUCCESS)
