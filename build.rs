@@ -15,8 +15,8 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=MUXGUARD_BUILD={described}");
-    // A new commit or checkout changes HEAD or the ref it names.
-    for path in [".git/HEAD", ".git/index"] {
+    // A checkout changes HEAD, a commit the ref it names, an edit the index.
+    for path in [".git/HEAD", ".git/index", ".git/refs"] {
         println!("cargo:rerun-if-changed={path}");
     }
 }
