@@ -56,8 +56,12 @@ pub enum Command {
     /// which exits afterwards)
     Sandbox(SandboxArgs),
     /// Print the manual page (roff), for `man -l -` or to install as
-    /// muxguard.1
-    Man,
+    /// muxguard.1; with --dir, write it and one page per subcommand there
+    Man {
+        /// Write muxguard.1 and muxguard-SUBCOMMAND.1 into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print shell completions for bash, zsh, fish, elvish or powershell
     Completions {
         #[arg(value_enum)]
@@ -288,13 +292,39 @@ pub struct StatusArgs {
     pub ssh: SshOptions,
 }
 
-/// `muxguard man`: the manual page, generated from these definitions so it
-/// never disagrees with `--help`.
-pub fn print_man_page() -> anyhow::Result<std::process::ExitCode> {
+/// `muxguard man`: the manual pages, generated from these definitions so
+/// they never disagree with `--help`. Without a directory, the main page
+/// goes to stdout.
+pub fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
     use clap::CommandFactory;
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-    std::io::Write::write_all(&mut std::io::stdout().lock(), &page)?;
+    let render = |command: clap::Command| -> anyhow::Result<Vec<u8>> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).render(&mut page)?;
+        Ok(page)
+    };
+    let mut top = Cli::command();
+    let Some(dir) = dir else {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), &render(top)?)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    // Subcommand pages are named as the main page's SEE ALSO names them.
+    top.build();
+    let mut pages = vec![("muxguard.1".to_owned(), render(top.clone())?)];
+    let version = top.get_version().unwrap_or_default().to_owned();
+    for sub in top
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("muxguard-{}", sub.get_name());
+        let page = render(sub.clone().name(name.clone()).version(version.clone()))?;
+        pages.push((format!("{name}.1"), page));
+    }
+    for (file, page) in pages {
+        let path = dir.join(&file);
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 

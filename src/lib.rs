@@ -56,7 +56,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Ls => status::list(),
         Command::PromptTest { timeout } => prompt::prompt_test(timeout),
         Command::Sandbox(args) => sandbox_cmd::run(args),
-        Command::Man => cli::print_man_page(),
+        Command::Man { dir } => cli::man_pages(dir.as_deref()),
         Command::Completions { shell } => cli::print_completions(shell),
         Command::ProcHelper => helper::serve_proc().map(|()| ExitCode::SUCCESS),
         Command::AskpassBroker { program } => {

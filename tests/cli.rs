@@ -52,6 +52,34 @@ fn man_page_covers_every_subcommand() {
 }
 
 #[test]
+fn man_dir_writes_a_page_per_subcommand() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(Command::new(MUXGUARD)
+        .arg("man")
+        .arg("--dir")
+        .arg(dir.path()));
+    out.assert_success("muxguard man --dir");
+    for page in [
+        "muxguard.1",
+        "muxguard-connect.1",
+        "muxguard-policy.1",
+        "muxguard-audit.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}; written: {}", out.stdout));
+        let title = page.trim_end_matches(".1");
+        assert!(text.contains(&format!(".TH {title} 1")), "{page}:\n{text}");
+    }
+    let connect = std::fs::read_to_string(dir.path().join("muxguard-connect.1")).unwrap();
+    assert!(
+        connect.contains("control\\-path"),
+        "connect's options are missing:\n{connect}"
+    );
+    assert!(!dir.path().join("muxguard-proc-helper.1").exists());
+    assert!(!dir.path().join("muxguard-help.1").exists());
+}
+
+#[test]
 fn completions_are_valid_shell_code() {
     let out = run(Command::new(MUXGUARD).args(["completions", "bash"]));
     out.assert_success("muxguard completions bash");
