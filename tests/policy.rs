@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::accounts::running_as_root;
 use common::env::set_mode;
 use common::master::MUXGUARD;
 use common::process::Output;
@@ -813,13 +814,6 @@ action = \"deny\"
     assert!(!marker.exists(), "the denied command ran on the server");
     env.assert_connections(1);
     assert_master_alive(&env, &master);
-}
-
-/// Whether this process runs as root (needed to act as another uid).
-fn running_as_root() -> bool {
-    let out = run(Command::new("id").arg("-u"));
-    out.assert_success("id -u");
-    out.stdout.trim() == "0"
 }
 
 fn have_setpriv() -> bool {
