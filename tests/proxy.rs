@@ -52,19 +52,26 @@ action = \"allow\"
 fn start(env: &TestEnv, kind: MasterKind, policy: &str) -> Master {
     match kind {
         MasterKind::OpenSsh => env.start_master(kind),
-        MasterKind::Muxguard => {
-            let file = env.path().join("policy.toml");
-            std::fs::write(&file, policy).expect("write policy");
-            env.start_muxguard_with(&[
-                "--audit-log".as_ref(),
-                audit_log(env).as_os_str(),
-                "--policy".as_ref(),
-                file.as_os_str(),
-                "--system-policy".as_ref(),
-                env.path().join("no-system.toml").as_os_str(),
-            ])
-        }
+        MasterKind::Muxguard => start_muxguard_with_env(env, policy, &[]),
     }
+}
+
+/// muxguard as [`start`] starts it, with extra environment variables for
+/// the master.
+fn start_muxguard_with_env(env: &TestEnv, policy: &str, vars: &[(&str, &str)]) -> Master {
+    let file = env.path().join("policy.toml");
+    std::fs::write(&file, policy).expect("write policy");
+    env.start_muxguard_with_env(
+        &[
+            "--audit-log".as_ref(),
+            audit_log(env).as_os_str(),
+            "--policy".as_ref(),
+            file.as_os_str(),
+            "--system-policy".as_ref(),
+            env.path().join("no-system.toml").as_os_str(),
+        ],
+        vars,
+    )
 }
 
 fn audit_log(env: &TestEnv) -> PathBuf {
@@ -598,22 +605,10 @@ fn a_flood_of_channel_requests_closes_that_client_only() {
     let askpass = env.path().join("askpass-never-answers");
     std::fs::write(&askpass, "#!/bin/sh\nexec sleep 60\n").expect("write askpass");
     common::env::set_mode(&askpass, 0o755);
-    let policy = env.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[defaults]\naction = \"ask\"\n\n[[rule]]\nname = \"proxy ok\"\nkinds = [\"proxy\"]\naction = \"allow\"\n",
-    )
-    .expect("write policy");
     let askpass_var = askpass.display().to_string();
-    let master = env.start_muxguard_with_env(
-        &[
-            "--audit-log".as_ref(),
-            audit_log(&env).as_os_str(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--system-policy".as_ref(),
-            env.path().join("no-system.toml").as_os_str(),
-        ],
+    let master = start_muxguard_with_env(
+        &env,
+        "[defaults]\naction = \"ask\"\n\n[[rule]]\nname = \"proxy ok\"\nkinds = [\"proxy\"]\naction = \"allow\"\n",
         &[
             ("SSH_ASKPASS", askpass_var.as_str()),
             ("SSH_ASKPASS_REQUIRE", "force"),
