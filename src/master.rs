@@ -511,6 +511,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         &config,
         lanes,
         Arc::clone(&upstream.handle),
+        upstream.link.clone(),
         upstream.reconnect.clone(),
         Arc::clone(&remote_routes),
     );

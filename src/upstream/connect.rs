@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::forward::{self, RemoteRoutes};
 use super::known_hosts::{self, HostKeyVerdict, KnownHosts};
+use super::socket::{LinkProbe, SharedStream};
 use crate::config::{HostConfig, StrictHostKeyChecking};
 
 /// Why the upstream connection ended, once it has.
@@ -356,6 +357,8 @@ pub struct Upstream {
     pub handle: Arc<Handle<ClientHandler>>,
     /// Becomes `Some(reason)` when the connection is gone.
     pub closed: watch::Receiver<ClosedReason>,
+    /// The kernel's view of the connection's path, for pacing.
+    pub link: LinkProbe,
     pub host_key_fingerprint: String,
     pub peer: SocketAddr,
     /// What an additional connection to the same server needs.
@@ -406,7 +409,12 @@ pub async fn connect(
         learn_file: config.user_known_hosts.first().cloned(),
     });
     let russh_config = Arc::new(russh_config(config, &known));
-    let (mut handle, fingerprint, closed) = handshake(
+    let Handshake {
+        mut handle,
+        fingerprint,
+        closed,
+        link,
+    } = handshake(
         config,
         stream,
         peer,
@@ -420,6 +428,7 @@ pub async fn connect(
     Ok(Upstream {
         handle: Arc::new(handle),
         closed,
+        link,
         host_key_fingerprint: fingerprint.clone(),
         peer,
         reconnect: Reconnect {
@@ -449,7 +458,12 @@ pub async fn connect_again(
     let check = HostKeyPolicy::Pinned {
         fingerprint: reconnect.fingerprint.clone(),
     };
-    let (mut handle, fingerprint, closed) = handshake(
+    let Handshake {
+        mut handle,
+        fingerprint,
+        closed,
+        link,
+    } = handshake(
         config,
         stream,
         reconnect.peer,
@@ -462,15 +476,25 @@ pub async fn connect_again(
     Ok(Upstream {
         handle: Arc::new(handle),
         closed,
+        link,
         host_key_fingerprint: fingerprint,
         peer: reconnect.peer,
         reconnect: reconnect.clone(),
     })
 }
 
+/// A connection whose key exchange is done.
+struct Handshake {
+    handle: Handle<ClientHandler>,
+    /// The accepted host key's.
+    fingerprint: String,
+    /// Reports the connection's end.
+    closed: watch::Receiver<ClosedReason>,
+    link: LinkProbe,
+}
+
 /// The key exchange on a connected socket, with the host key judged by
-/// `check`. Returns the session handle, the accepted key's fingerprint and
-/// the watch that reports the connection's end.
+/// `check`.
 async fn handshake(
     config: &HostConfig,
     stream: TcpStream,
@@ -478,16 +502,14 @@ async fn handshake(
     check: HostKeyPolicy,
     russh_config: Arc<client::Config>,
     remote_routes: Arc<RemoteRoutes>,
-) -> anyhow::Result<(Handle<ClientHandler>, String, watch::Receiver<ClosedReason>)> {
+) -> anyhow::Result<Handshake> {
     stream.set_nodelay(true)?;
     limit_unsent_bytes(&stream, UPSTREAM_NOTSENT_LOWAT);
     stream.set_nonblocking(true)?;
     // russh reads each packet with two small reads (length, then body);
     // a read buffer turns a burst of packets into one system call.
-    let stream = tokio::io::BufReader::with_capacity(
-        UPSTREAM_READ_BUFFER,
-        tokio::net::TcpStream::from_std(stream)?,
-    );
+    let (stream, link) = SharedStream::new(tokio::net::TcpStream::from_std(stream)?);
+    let stream = tokio::io::BufReader::with_capacity(UPSTREAM_READ_BUFFER, stream);
     let outcome = Arc::new(Mutex::new(None));
     let (closed_tx, closed) = watch::channel(None);
     let handler = ClientHandler {
@@ -506,7 +528,12 @@ async fn handshake(
     let host_key_outcome = outcome.lock().expect("not poisoned").take();
     match (handshake, host_key_outcome) {
         (_, Some(Err(explanation))) => bail!("{explanation}"),
-        (Ok(handle), Some(Ok(fingerprint))) => Ok((handle, fingerprint, closed)),
+        (Ok(handle), Some(Ok(fingerprint))) => Ok(Handshake {
+            handle,
+            fingerprint,
+            closed,
+            link,
+        }),
         (Ok(_), None) => bail!("the server never presented a host key"),
         (Err(e), _) => bail!("SSH handshake with {peer} failed: {e}"),
     }

@@ -7,6 +7,7 @@ pub mod known_hosts;
 pub mod lanes;
 pub mod overflow;
 pub mod pacing;
+pub mod socket;
 pub mod socks;
 pub mod ttymodes;
 pub mod uplink;

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use super::connect::{self, ClientHandler, ClosedReason, Reconnect};
 use super::forward::RemoteRoutes;
 use super::lanes::{self, ChannelClass, Load};
+use super::socket::LinkProbe;
 use super::uplink::{Typing, Uplink};
 use crate::config::HostConfig;
 
@@ -167,6 +168,9 @@ pub struct Lease {
     class: ChannelClass,
     connections: Shared,
     typing: Typing,
+    /// The uplink of the session's connection, which must know whether
+    /// someone types on that connection itself.
+    uplink: Arc<Uplink>,
 }
 
 impl Drop for Lease {
@@ -178,6 +182,7 @@ impl Drop for Lease {
             }
             if self.class == ChannelClass::Interactive {
                 self.typing.fetch_sub(1, Ordering::Relaxed);
+                self.uplink.interactive_session_ended();
             }
             connections.take_done()
         };
@@ -204,6 +209,7 @@ impl Overflow {
         config: &HostConfig,
         lanes: bool,
         primary: Arc<Handle<ClientHandler>>,
+        primary_link: LinkProbe,
         reconnect: Reconnect,
         remote_routes: Arc<RemoteRoutes>,
     ) -> Self {
@@ -220,7 +226,7 @@ impl Overflow {
             unavailable,
             lanes_off,
             connections: Arc::default(),
-            primary_uplink: Uplink::new(primary, Arc::clone(&typing)),
+            primary_uplink: Uplink::new(primary, primary_link, Arc::clone(&typing)),
             typing,
             opening: tokio::sync::Mutex::new(None),
             lane_failure: Mutex::new(None),
@@ -335,14 +341,20 @@ impl Overflow {
         if let Some(load) = connections.load_of(&slot) {
             load.add(class);
         }
+        let uplink = match &slot {
+            Slot::Primary => Arc::clone(&self.primary_uplink),
+            Slot::Extra(extra) => Arc::clone(&extra.uplink),
+        };
         if class == ChannelClass::Interactive {
             self.typing.fetch_add(1, Ordering::Relaxed);
+            uplink.interactive_session_started();
         }
         Lease {
             slot,
             class,
             connections: Arc::clone(&self.connections),
             typing: Arc::clone(&self.typing),
+            uplink,
         }
     }
 
@@ -509,7 +521,11 @@ impl Overflow {
         let extra = Arc::new(Extra {
             number,
             purpose,
-            uplink: Uplink::new(Arc::clone(&upstream.handle), Arc::clone(&self.typing)),
+            uplink: Uplink::new(
+                Arc::clone(&upstream.handle),
+                upstream.link,
+                Arc::clone(&self.typing),
+            ),
             handle: upstream.handle,
             closed: upstream.closed,
         });
