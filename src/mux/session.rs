@@ -124,35 +124,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     };
 
     let mut pending = std::collections::VecDeque::new();
-    let setup = async {
-        if request.want_tty {
-            let (cols, rows, xpixel, ypixel) = tty_fd
-                .as_ref()
-                .and_then(ttymodes::window_size)
-                .unwrap_or((0, 0, 0, 0));
-            let modes = tty_fd
-                .as_ref()
-                .and_then(|fd| rustix::termios::tcgetattr(fd).ok())
-                .map(|t| ttymodes::encode_modes(&t))
-                .unwrap_or_default();
-            channel
-                .request_pty(true, &request.term, cols, rows, xpixel, ypixel, &modes)
-                .await?;
-            pending.push_back(Pending::Pty);
-        }
-        for entry in &request.env {
-            if let Some((name, value)) = entry.split_once('=') {
-                channel.set_env(false, name, value).await?;
-            }
-        }
-        for (name, value) in &master.config.set_env {
-            channel
-                .set_env(false, name.as_str(), value.as_str())
-                .await?;
-        }
-        Ok::<(), russh::Error>(())
-    };
-    if let Err(e) = setup.await {
+    if let Err(e) = set_up(&channel, &request, &master, tty_fd.as_ref(), &mut pending).await {
         let _ = channel.close().await;
         return Err(SessionOpenError::Refused(e.to_string()));
     }
@@ -164,22 +136,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         let _ = server::deny_opened_session(&control, rid, session_id, Some(stderr), &reason).await;
         return Err(SessionOpenError::Answered);
     }
-    let start = async {
-        if request.subsystem {
-            channel
-                .request_subsystem(true, request.command.as_str())
-                .await?;
-            pending.push_back(Pending::Start("subsystem"));
-        } else if request.command.is_empty() {
-            channel.request_shell(true).await?;
-            pending.push_back(Pending::Start("shell"));
-        } else {
-            channel.exec(true, request.command.as_bytes()).await?;
-            pending.push_back(Pending::Start("exec"));
-        }
-        Ok::<(), russh::Error>(())
-    };
-    if let Err(e) = start.await {
+    if let Err(e) = request_start(&channel, &request, &mut pending).await {
         let _ = channel.close().await;
         return Err(SessionOpenError::Refused(e.to_string()));
     }
@@ -221,118 +178,50 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
 
     let mut winch = master.winch.subscribe();
     let mut shutdown = master.shutdown.subscribe();
-    let mut exit_status = None;
-    let mut exit_signal = None;
-    let mut exit_sent = false;
-
+    let mut live = Live {
+        session_id,
+        escape_char: request.escape_char as u8,
+        control,
+        master,
+        connection,
+        traffic,
+        upstream_tx,
+        stdout_queue,
+        stderr_queue,
+        pending,
+        exit_status: None,
+        exit_signal: None,
+        exit_sent: false,
+    };
     let end = loop {
-        tokio::select! {
-            message = upstream_rx.wait() => match message {
-                Some(ChannelMsg::Data { data }) => {
-                    traffic.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    stdout_queue.push_wait(data).await
-                }
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    traffic.to_client.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    stderr_queue.push_wait(data).await
-                }
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit_signal = Some(format!("{signal_name:?}"));
-                }
-                Some(ChannelMsg::Eof) => {
-                    // Nothing more for stdout; close it once it is drained
-                    // (below), as the remote side is done writing.
-                }
-                Some(ChannelMsg::ExitStatus { exit_status: status }) => {
-                    exit_status = Some(status);
-                    if !exit_sent {
-                        exit_sent = true;
-                        let _ = control
-                            .send(&ServerMessage::ExitMessage { session_id, exit_value: status })
-                            .await;
-                    }
-                }
-                Some(ChannelMsg::Success) => {
-                    pending.pop_front();
-                }
-                Some(ChannelMsg::Failure) => match pending.pop_front() {
-                    Some(Pending::Pty) => {
-                        stderr_queue.push(Bytes::from_static(b"PTY allocation request failed\r\n"));
-                        let _ = control.send(&ServerMessage::TtyAllocFail { session_id }).await;
-                    }
-                    Some(Pending::Start(what)) => {
-                        stderr_queue.push(Bytes::from(format!("{what} request failed\r\n")));
-                        let _ = upstream_tx.close().await;
-                    }
-                    None => {}
-                },
-                Some(ChannelMsg::Close) => {
-                    break SessionEnd::Finished { exit_status, exit_signal };
-                }
-                None => {
-                    // The channel vanished without a CLOSE: the connection
-                    // itself is gone. Say so on the client's stderr.
-                    let reason = master.connection_lost_reason().await;
-                    stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
-                    break SessionEnd::MasterShutdown(reason);
-                }
-                Some(_) => {}
+        let ended = tokio::select! {
+            message = upstream_rx.wait() => live.on_upstream(message).await,
+            closed = reader.peer_closed_or_readable() => match closed {
+                Ok(false) if answer_stray_request(reader, &live.control).await => None,
+                _ => Some(SessionEnd::ClientGone),
             },
-            closed = reader.peer_closed_or_readable() => {
-                match closed {
-                    Ok(false) => {
-                        if !answer_stray_request(reader, &control).await {
-                            break SessionEnd::ClientGone;
-                        }
-                    }
-                    _ => break SessionEnd::ClientGone,
-                }
-            }
-            Some(action) = escape_rx.recv() => {
-                let echo = action.echo_text(request.escape_char as u8);
-                if !echo.is_empty() {
-                    stderr_queue.push(Bytes::from(echo));
-                }
-                match action {
-                    EscapeAction::Terminate => {
-                        let sequence = format!("{}.", char::from(request.escape_char as u8));
-                        master.audit.record(crate::audit::chain::Event::Escape(crate::audit::chain::Escape {
-                            session: u64::from(session_id),
-                            sequence,
-                        }));
-                        break SessionEnd::EscapeTerminated;
-                    }
-                    EscapeAction::Rekey => {
-                        let _ = connection.rekey_soon().await;
-                    }
-                    EscapeAction::ListChannels => {
-                        stderr_queue.push(Bytes::from(master.describe_sessions()));
-                    }
-                    EscapeAction::SendBreak => {
-                        stderr_queue.push(Bytes::from_static(
-                            b"muxguard: break requests are not supported on multiplexed sessions yet\r\n",
-                        ));
-                    }
-                    _ => {}
-                }
-            }
+            Some(action) = escape_rx.recv() => live.on_escape(action).await,
             Ok(()) = winch.changed() => {
                 if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(ttymodes::window_size) {
-                    let _ = upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
+                    let _ = live.upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
                 }
+                None
             }
             Ok(()) = shutdown.changed() => {
                 let reason = shutdown.borrow().clone().unwrap_or_else(|| "master shutting down".into());
-                stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
-                break SessionEnd::MasterShutdown(reason);
+                live.stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
+                Some(SessionEnd::MasterShutdown(reason))
             }
+        };
+        if let Some(end) = ended {
+            break end;
         }
     };
 
     input.abort();
     let _ = input.await;
-    stdout_queue.close();
-    stderr_queue.close();
+    live.stdout_queue.close();
+    live.stderr_queue.close();
     match &end {
         SessionEnd::Finished { .. } => {
             // Deliver every byte before our copies close and the client is
@@ -341,8 +230,8 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             let _ = stderr_writer.await;
         }
         _ => {
-            let _ = upstream_tx.eof().await;
-            let _ = upstream_tx.close().await;
+            let _ = live.upstream_tx.eof().await;
+            let _ = live.upstream_tx.close().await;
             // Keep taking the channel's messages until it is gone so that
             // russh's loop never waits on us; output is discarded.
             tokio::spawn(async move { while upstream_rx.wait().await.is_some() {} });
@@ -356,6 +245,188 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         }
     }
     Ok(end)
+}
+
+/// The channel requests before the command: pty (with the client
+/// terminal's size and modes) and environment.
+async fn set_up(
+    channel: &russh::Channel<Msg>,
+    request: &SessionRequest,
+    master: &MasterState,
+    tty_fd: Option<&OwnedFd>,
+    pending: &mut std::collections::VecDeque<Pending>,
+) -> Result<(), russh::Error> {
+    if request.want_tty {
+        let (cols, rows, xpixel, ypixel) = tty_fd
+            .and_then(ttymodes::window_size)
+            .unwrap_or((0, 0, 0, 0));
+        let modes = tty_fd
+            .and_then(|fd| rustix::termios::tcgetattr(fd).ok())
+            .map(|t| ttymodes::encode_modes(&t))
+            .unwrap_or_default();
+        channel
+            .request_pty(true, &request.term, cols, rows, xpixel, ypixel, &modes)
+            .await?;
+        pending.push_back(Pending::Pty);
+    }
+    for entry in &request.env {
+        if let Some((name, value)) = entry.split_once('=') {
+            channel.set_env(false, name, value).await?;
+        }
+    }
+    for (name, value) in &master.config.set_env {
+        channel
+            .set_env(false, name.as_str(), value.as_str())
+            .await?;
+    }
+    Ok(())
+}
+
+/// The request that starts the remote side: subsystem, shell or command.
+async fn request_start(
+    channel: &russh::Channel<Msg>,
+    request: &SessionRequest,
+    pending: &mut std::collections::VecDeque<Pending>,
+) -> Result<(), russh::Error> {
+    if request.subsystem {
+        channel
+            .request_subsystem(true, request.command.as_str())
+            .await?;
+        pending.push_back(Pending::Start("subsystem"));
+    } else if request.command.is_empty() {
+        channel.request_shell(true).await?;
+        pending.push_back(Pending::Start("shell"));
+    } else {
+        channel.exec(true, request.command.as_bytes()).await?;
+        pending.push_back(Pending::Start("exec"));
+    }
+    Ok(())
+}
+
+/// An open session: what its event handlers share.
+struct Live {
+    session_id: u32,
+    escape_char: u8,
+    control: ControlWriter,
+    master: Arc<MasterState>,
+    /// The upstream connection the channel runs on (for `~R`).
+    connection: Arc<russh::client::Handle<crate::upstream::connect::ClientHandler>>,
+    traffic: Arc<Traffic>,
+    upstream_tx: Arc<russh::ChannelWriteHalf<Msg>>,
+    stdout_queue: Arc<SpillBuffer>,
+    stderr_queue: Arc<SpillBuffer>,
+    /// Requests whose SUCCESS/FAILURE has not come back yet.
+    pending: std::collections::VecDeque<Pending>,
+    exit_status: Option<u32>,
+    exit_signal: Option<String>,
+    exit_sent: bool,
+}
+
+impl Live {
+    /// A message from the server on the channel (`None`: the channel is
+    /// gone). Returns how the session ended, if it did.
+    async fn on_upstream(&mut self, message: Option<ChannelMsg>) -> Option<SessionEnd> {
+        match message {
+            Some(ChannelMsg::Data { data }) => {
+                self.count_output(data.len());
+                self.stdout_queue.push_wait(data).await
+            }
+            Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                self.count_output(data.len());
+                self.stderr_queue.push_wait(data).await
+            }
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                self.exit_signal = Some(format!("{signal_name:?}"));
+            }
+            // EOF: nothing more for stdout; it is closed once drained, when
+            // the channel closes.
+            Some(ChannelMsg::Eof) => {}
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                self.exit_status = Some(exit_status);
+                if !self.exit_sent {
+                    self.exit_sent = true;
+                    let message = ServerMessage::ExitMessage {
+                        session_id: self.session_id,
+                        exit_value: exit_status,
+                    };
+                    let _ = self.control.send(&message).await;
+                }
+            }
+            Some(ChannelMsg::Success) => {
+                self.pending.pop_front();
+            }
+            Some(ChannelMsg::Failure) => match self.pending.pop_front() {
+                Some(Pending::Pty) => {
+                    self.stderr_queue
+                        .push(Bytes::from_static(b"PTY allocation request failed\r\n"));
+                    let message = ServerMessage::TtyAllocFail {
+                        session_id: self.session_id,
+                    };
+                    let _ = self.control.send(&message).await;
+                }
+                Some(Pending::Start(what)) => {
+                    self.stderr_queue
+                        .push(Bytes::from(format!("{what} request failed\r\n")));
+                    let _ = self.upstream_tx.close().await;
+                }
+                None => {}
+            },
+            Some(ChannelMsg::Close) => {
+                return Some(SessionEnd::Finished {
+                    exit_status: self.exit_status,
+                    exit_signal: self.exit_signal.take(),
+                });
+            }
+            None => {
+                // The channel vanished without a CLOSE: the connection
+                // itself is gone. Say so on the client's stderr.
+                let reason = self.master.connection_lost_reason().await;
+                self.stderr_queue
+                    .push(Bytes::from(format!("muxguard: {reason}\r\n")));
+                return Some(SessionEnd::MasterShutdown(reason));
+            }
+            Some(_) => {}
+        }
+        None
+    }
+
+    fn count_output(&self, bytes: usize) {
+        self.traffic
+            .to_client
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// An escape the user typed. Returns how the session ended, if it did.
+    async fn on_escape(&mut self, action: EscapeAction) -> Option<SessionEnd> {
+        let echo = action.echo_text(self.escape_char);
+        if !echo.is_empty() {
+            self.stderr_queue.push(Bytes::from(echo));
+        }
+        match action {
+            EscapeAction::Terminate => {
+                use crate::audit::chain::{Escape, Event};
+                self.master.audit.record(Event::Escape(Escape {
+                    session: u64::from(self.session_id),
+                    sequence: format!("{}.", char::from(self.escape_char)),
+                }));
+                return Some(SessionEnd::EscapeTerminated);
+            }
+            EscapeAction::Rekey => {
+                let _ = self.connection.rekey_soon().await;
+            }
+            EscapeAction::ListChannels => {
+                self.stderr_queue
+                    .push(Bytes::from(self.master.describe_sessions()));
+            }
+            EscapeAction::SendBreak => {
+                self.stderr_queue.push(Bytes::from_static(
+                    b"muxguard: break requests are not supported on multiplexed sessions yet\r\n",
+                ));
+            }
+            EscapeAction::Help | EscapeAction::NotAvailable(_) => {}
+        }
+        None
+    }
 }
 
 /// Why a session could not be opened.

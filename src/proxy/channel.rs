@@ -267,6 +267,43 @@ struct StartedSession {
     _guard: crate::master::SessionGuard,
 }
 
+/// Opens the upstream channel (or accepts the server's) and tells the
+/// client the outcome. `None`: the open failed and the client was told.
+async fn establish(
+    ctx: &Context,
+    upstream: Upstream,
+    client_channel: u32,
+    id: u32,
+) -> Option<russh::Channel<Msg>> {
+    match upstream {
+        Upstream::Open(kind) => match open(ctx, &kind).await {
+            Ok(channel) => {
+                ctx.send(ServerPacket::OpenConfirmation {
+                    recipient: client_channel,
+                    sender: id,
+                    window: LOCAL_WINDOW,
+                    max_packet: LOCAL_MAX_PACKET,
+                })
+                .await;
+                Some(channel)
+            }
+            Err((reason, description)) => {
+                ctx.send(ServerPacket::OpenFailure {
+                    recipient: client_channel,
+                    reason,
+                    description,
+                })
+                .await;
+                None
+            }
+        },
+        Upstream::Accepted { channel, reply } => {
+            reply.accept().await;
+            Some(channel)
+        }
+    }
+}
+
 /// Runs one channel from open to close.
 pub async fn run(start: ChannelStart) {
     let ChannelStart {
@@ -283,33 +320,9 @@ pub async fn run(start: ChannelStart) {
     let master = Arc::clone(&ctx.master);
     let client = ctx.requester.client_id;
     let is_session = matches!(upstream, Upstream::Open(OpenKind::Session));
-    let channel = match upstream {
-        Upstream::Open(kind) => match open(&ctx, &kind).await {
-            Ok(channel) => {
-                ctx.send(ServerPacket::OpenConfirmation {
-                    recipient: client_channel,
-                    sender: id,
-                    window: LOCAL_WINDOW,
-                    max_packet: LOCAL_MAX_PACKET,
-                })
-                .await;
-                channel
-            }
-            Err((reason, description)) => {
-                ctx.send(ServerPacket::OpenFailure {
-                    recipient: client_channel,
-                    reason,
-                    description,
-                })
-                .await;
-                let _ = ctx.events.send(Event::Released(id));
-                return;
-            }
-        },
-        Upstream::Accepted { channel, reply } => {
-            reply.accept().await;
-            channel
-        }
+    let Some(channel) = establish(&ctx, upstream, client_channel, id).await else {
+        let _ = ctx.events.send(Event::Released(id));
+        return;
     };
 
     let (upstream_rx, upstream_tx) = channel.split();
