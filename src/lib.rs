@@ -18,6 +18,7 @@ pub mod cli;
 pub(crate) mod config;
 pub(crate) mod connect;
 pub(crate) mod daemon;
+pub(crate) mod endpoint;
 pub(crate) mod ensure;
 pub(crate) mod glob;
 pub(crate) mod helper;

@@ -26,6 +26,7 @@ use common::{HOST, MasterKind, TestEnv, for_both_masters, run};
 for_both_masters!(
     local_forward,
     remote_forward,
+    remote_forward_serves_a_connection_that_arrives_with_the_reply,
     remote_forward_port_zero,
     dynamic_forward_socks,
     dynamic_forward_curl,
@@ -105,6 +106,38 @@ fn remote_forward(kind: MasterKind) {
 
     let data = net::random_bytes(PAYLOAD);
     assert_echoes(connect(port), &data, "-R forward");
+    env.assert_connections(1);
+}
+
+/// A connection that reaches the server's new listener at once: sshd
+/// opens its channel right behind the reply to tcpip-forward, and the
+/// master must already know where it goes (it routes a fixed port before
+/// asking). A client keeps knocking from before the forward exists; its
+/// first connection that gets through must be served, not dropped.
+fn remote_forward_serves_a_connection_that_arrives_with_the_reply(kind: MasterKind) {
+    let env = TestEnv::new();
+    let _master = env.start_master(kind);
+    let echo = TcpServer::echo();
+    let port = free_port();
+    let knocker = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => return stream,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("the forward never listened on {port}: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    add_forward(&env, &["-R", &format!("{port}:127.0.0.1:{}", echo.port())]);
+    let first = knocker.join().expect("knocker thread");
+    assert_echoes(
+        first,
+        b"the very first connection",
+        "-R forward's first connection",
+    );
     env.assert_connections(1);
 }
 

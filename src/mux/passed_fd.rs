@@ -392,6 +392,23 @@ impl AsRawFd for PassedFd {
     }
 }
 
+// The transport bridges a stdio forward (`-W`) between these and a
+// channel without knowing they are descriptors a client passed.
+impl crate::upstream::forward::ByteSource for InputSource {
+    async fn read_chunk(&mut self) -> io::Result<Bytes> {
+        self.read(crate::upstream::forward::READ_CHUNK).await
+    }
+}
+
+impl crate::upstream::forward::ByteSink for OutputSink {
+    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.write_all(data).await
+    }
+    async fn finish(self) {
+        let _ = OutputSink::finish(self).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,6 @@
 //! PROTOCOL.mux in places: "bool" fields are uint32, the stdio-forward port is
 //! a uint32, and no MUX_S_OK ever follows SESSION_OPENED.
 
-use std::fmt;
-
 /// The only protocol version any OpenSSH release has spoken since 5.x.
 pub const PROTOCOL_VERSION: u32 = 4;
 
@@ -62,41 +60,7 @@ pub enum WireError {
     BadPort { what: &'static str, port: u32 },
 }
 
-/// Where one end of a forward is: a TCP host and port, or a Unix socket path.
-/// An empty host means "not given" (the client sends "" for `-L 1234:h:p`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Tcp { host: String, port: u16 },
-    Unix { path: String },
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Tcp { host, port } if host.is_empty() => write!(f, "LOCALHOST:{port}"),
-            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Endpoint::Unix { path } => f.write_str(path),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ForwardKind {
-    Local,
-    Remote,
-    Dynamic,
-}
-
-/// An OPEN_FWD / CLOSE_FWD body. The six wire fields are kept as sent, since
-/// CLOSE_FWD must match an open forward exactly, spelling included.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ForwardSpec {
-    pub kind: ForwardKind,
-    pub listen: Endpoint,
-    /// For dynamic forwards the client sends host "socks", port 0.
-    pub connect: Endpoint,
-}
+pub use crate::endpoint::{Endpoint, ForwardKind, ForwardSpec};
 
 /// A NEW_SESSION body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -518,44 +518,17 @@ impl Proxy {
         let Ok(requested) = u16::try_from(port) else {
             return ServerPacket::RequestFailure;
         };
-        let route = |port: u16| Endpoint::Tcp {
-            host: address.clone(),
-            port,
-        };
-        // A fixed port is routed before the server is asked: it may deliver
-        // the first connection right behind its reply, before this task
-        // runs again. (With port 0 nobody knows the port before our reply.)
-        if requested != 0 {
-            master
-                .remote_routes
-                .add_proxy(route(requested), self.route.clone());
-        }
-        let allocated = match master.upstream.tcpip_forward(address.as_str(), port).await {
-            Ok(allocated) => allocated,
+        let bound = match master
+            .remote_routes
+            .open_tcp_for_proxy(&master.upstream, &address, requested, self.route.clone())
+            .await
+        {
+            Ok(bound) => u32::from(bound),
             Err(e) => {
-                warn!(
-                    client = self.client(),
-                    "{description}: refused by the server: {e}"
-                );
-                if requested != 0 {
-                    master.remote_routes.remove(&route(requested));
-                }
+                warn!(client = self.client(), "{description}: {e}");
                 return ServerPacket::RequestFailure;
             }
         };
-        let bound = if requested == 0 { allocated } else { port };
-        if requested == 0 {
-            let Ok(bound_port) = u16::try_from(bound) else {
-                let _ = master
-                    .upstream
-                    .cancel_tcpip_forward(address.as_str(), bound)
-                    .await;
-                return ServerPacket::RequestFailure;
-            };
-            master
-                .remote_routes
-                .add_proxy(route(bound_port), self.route.clone());
-        }
         let description = format!("remote forward {address}:{bound} -> proxy client");
         master
             .audit
@@ -571,7 +544,7 @@ impl Proxy {
             description,
         });
         ServerPacket::RequestSuccess {
-            port: (requested == 0).then_some(allocated),
+            port: (requested == 0).then_some(bound),
         }
     }
 

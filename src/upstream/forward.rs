@@ -25,13 +25,12 @@ use tracing::{debug, info, warn};
 use super::connect::ClientHandler;
 use super::socks;
 use crate::audit::recorder::Recorder;
-use crate::mux::passed_fd::{InputSource, OutputSink};
-use crate::mux::wire::{Endpoint, ForwardKind, ForwardSpec};
+use crate::endpoint::{Endpoint, ForwardKind, ForwardSpec};
 use crate::sandbox;
 use crate::spill::{SpillBuffer, SpillLimits};
 
 /// Local reads go upstream in chunks of at most one SSH packet.
-const READ_CHUNK: usize = 32 * 1024;
+pub const READ_CHUNK: usize = 32 * 1024;
 
 /// The originator OpenSSH reports for connections it cannot attribute
 /// (stdio forwards), so servers see what they would see from ssh.
@@ -72,21 +71,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ByteSink for StreamSink<S> {
     }
     async fn finish(mut self) {
         let _ = self.0.shutdown().await;
-    }
-}
-
-impl ByteSource for InputSource {
-    async fn read_chunk(&mut self) -> io::Result<Bytes> {
-        self.read(READ_CHUNK).await
-    }
-}
-
-impl ByteSink for OutputSink {
-    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
-        self.write_all(data).await
-    }
-    async fn finish(self) {
-        let _ = OutputSink::finish(self).await;
     }
 }
 
@@ -210,6 +194,15 @@ pub struct RemoteRoutes {
     pub audit: std::sync::OnceLock<Arc<Recorder>>,
 }
 
+/// Why a remote TCP forward could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteForwardError {
+    #[error("the server refused: {0}")]
+    Refused(russh::Error),
+    #[error("server allocated an invalid port {0}")]
+    InvalidPort(u32),
+}
+
 #[derive(Clone)]
 struct RemoteRoute {
     /// The listen side as the server knows it: port (allocated if 0 was
@@ -262,19 +255,70 @@ impl RemoteRoutes {
         }
     }
 
-    fn add(&self, listen: Endpoint, target: Endpoint) {
-        self.routes.lock().expect("not poisoned").push(RemoteRoute {
-            listen,
-            target: RouteTarget::Local(target),
-        });
+    fn insert(&self, listen: Endpoint, target: RouteTarget) {
+        self.routes
+            .lock()
+            .expect("not poisoned")
+            .push(RemoteRoute { listen, target });
     }
 
-    /// Routes a proxy client's remote forward to that client.
-    pub fn add_proxy(&self, listen: Endpoint, route: ProxyRoute) {
-        self.routes.lock().expect("not poisoned").push(RemoteRoute {
-            listen,
-            target: RouteTarget::Proxy(route),
-        });
+    /// Asks the server to listen on `host:port` (port 0: one it chooses)
+    /// and routes the connections that arrive there to `target`. The one
+    /// way both `-R` and a `-O proxy` client's tcpip-forward open a
+    /// remote TCP forward. Returns the port the server listens on.
+    ///
+    /// A fixed port is routed before the server is asked: the server may
+    /// open the first connection's channel right behind its reply, and
+    /// russh hands that channel over before this task runs again. With
+    /// port 0 nobody can know the port before the reply.
+    async fn open_tcp(
+        &self,
+        upstream: &Handle<ClientHandler>,
+        host: &str,
+        port: u16,
+        target: RouteTarget,
+    ) -> Result<u16, RemoteForwardError> {
+        let listen = |port| Endpoint::Tcp {
+            host: host.to_string(),
+            port,
+        };
+        if port != 0 {
+            self.insert(listen(port), target.clone());
+        }
+        let allocated = match upstream.tcpip_forward(host, u32::from(port)).await {
+            Ok(allocated) => allocated,
+            Err(e) => {
+                if port != 0 {
+                    self.remove(&listen(port));
+                }
+                return Err(RemoteForwardError::Refused(e));
+            }
+        };
+        if port != 0 {
+            return Ok(port);
+        }
+        match u16::try_from(allocated) {
+            Ok(bound) if bound != 0 => {
+                self.insert(listen(bound), target);
+                Ok(bound)
+            }
+            _ => {
+                let _ = upstream.cancel_tcpip_forward(host, allocated).await;
+                Err(RemoteForwardError::InvalidPort(allocated))
+            }
+        }
+    }
+
+    /// A proxy client's remote TCP forward: connections go to that client.
+    pub async fn open_tcp_for_proxy(
+        &self,
+        upstream: &Handle<ClientHandler>,
+        host: &str,
+        port: u16,
+        route: ProxyRoute,
+    ) -> Result<u16, RemoteForwardError> {
+        self.open_tcp(upstream, host, port, RouteTarget::Proxy(route))
+            .await
     }
 
     pub fn remove(&self, listen: &Endpoint) {
@@ -683,29 +727,29 @@ impl Forwards {
     ) -> Result<(ActiveForward, OpenResult), String> {
         let (listen, result) = match &spec.listen {
             Endpoint::Tcp { port, .. } => {
-                let allocated = upstream
-                    .tcpip_forward(server_bind_host(&spec.listen), u32::from(*port))
+                let host = server_bind_host(&spec.listen);
+                let target = RouteTarget::Local(spec.connect.clone());
+                let bound = routes
+                    .open_tcp(upstream, host, *port, target)
                     .await
                     .map_err(|e| {
-                        debug!("tcpip-forward refused: {e}");
-                        format!("remote port forwarding failed for listen port {port}")
+                        debug!("tcpip-forward failed: {e}");
+                        match e {
+                            RemoteForwardError::InvalidPort(_) => e.to_string(),
+                            RemoteForwardError::Refused(_) => {
+                                format!("remote port forwarding failed for listen port {port}")
+                            }
+                        }
                     })?;
-                let allocated = if *port == 0 {
-                    allocated
-                } else {
-                    u32::from(*port)
-                };
-                let allocated_port = u16::try_from(allocated)
-                    .map_err(|_| format!("server allocated an invalid port {allocated}"))?;
                 let result = if *port == 0 {
-                    OpenResult::RemotePort(allocated)
+                    OpenResult::RemotePort(u32::from(bound))
                 } else {
                     OpenResult::Opened
                 };
                 (
                     Endpoint::Tcp {
-                        host: server_bind_host(&spec.listen).to_string(),
-                        port: allocated_port,
+                        host: host.to_string(),
+                        port: bound,
                     },
                     result,
                 )
@@ -718,10 +762,11 @@ impl Forwards {
                         debug!("streamlocal-forward refused: {e}");
                         format!("remote port forwarding failed for listen path {path}")
                     })?;
-                (Endpoint::Unix { path: path.clone() }, OpenResult::Opened)
+                let listen = Endpoint::Unix { path: path.clone() };
+                routes.insert(listen.clone(), RouteTarget::Local(spec.connect.clone()));
+                (listen, OpenResult::Opened)
             }
         };
-        routes.add(listen.clone(), spec.connect.clone());
         Ok((
             ActiveForward {
                 spec: spec.clone(),
@@ -930,9 +975,9 @@ mod tests {
     #[test]
     fn remote_routes_pick_by_port_then_address() {
         let routes = RemoteRoutes::new(Arc::new(SpillLimits::new(std::env::temp_dir())));
-        routes.add(tcp("localhost", 4000), tcp("a", 1));
-        routes.add(tcp("", 4001), tcp("b", 2));
-        routes.add(tcp("10.0.0.1", 4001), tcp("c", 3));
+        routes.insert(tcp("localhost", 4000), RouteTarget::Local(tcp("a", 1)));
+        routes.insert(tcp("", 4001), RouteTarget::Local(tcp("b", 2)));
+        routes.insert(tcp("10.0.0.1", 4001), RouteTarget::Local(tcp("c", 3)));
         assert_eq!(routes.tcp_target("127.0.0.1", 4000), Some(tcp("a", 1)));
         assert_eq!(routes.tcp_target("10.0.0.1", 4001), Some(tcp("c", 3)));
         assert_eq!(routes.tcp_target("x", 9), None);
