@@ -182,3 +182,44 @@ fn a_stalled_sessions_unread_output_shows_in_status_and_tilde_hash() {
     });
     assert!(listed, "`~#` does not list the stalled output:\n{screen}");
 }
+
+/// The session channel muxguard opens ahead: `status` shows it, sshd starts
+/// nothing for it, a session takes it (one round trip instead of two on a
+/// real link) and another is opened ahead for the next.
+#[test]
+fn a_warm_session_channel_waits_and_runs_nothing_until_a_session_takes_it() {
+    if !common::selected(MasterKind::Muxguard) {
+        return;
+    }
+    let env = TestEnv::new();
+    let _master = env.start_master(MasterKind::Muxguard);
+    let warm = |text: &str| text.contains("a session channel opened ahead (warm");
+    let mut last = String::new();
+    let shown = common::process::poll_until(Duration::from_secs(20), || {
+        last = env.status();
+        warm(&last)
+    });
+    assert!(shown, "status shows no warm channel:\n{last}");
+    let started = |log: &str| log.matches("Starting session:").count();
+    assert_eq!(
+        started(&env.sshd().log()),
+        0,
+        "sshd started something for the warm channel:\n{}",
+        env.sshd().log()
+    );
+
+    let out = run(&mut env.ssh_cmd("echo taken"));
+    out.assert_success("a session on the warm channel");
+    assert_eq!(out.stdout, "taken\n");
+    assert_eq!(started(&env.sshd().log()), 1, "{}", env.sshd().log());
+    let refilled = common::process::poll_until(Duration::from_secs(20), || {
+        last = env.status();
+        warm(&last)
+    });
+    assert!(
+        refilled,
+        "no warm channel after the session took one:\n{last}"
+    );
+    // Still nothing started for the new one.
+    assert_eq!(started(&env.sshd().log()), 1, "{}", env.sshd().log());
+}

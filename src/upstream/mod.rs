@@ -11,3 +11,4 @@ pub mod socket;
 pub mod socks;
 pub mod ttymodes;
 pub mod uplink;
+pub mod warm;

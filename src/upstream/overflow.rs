@@ -33,6 +33,7 @@ use super::forward::RemoteRoutes;
 use super::lanes::{self, ChannelClass, Load};
 use super::socket::LinkProbe;
 use super::uplink::{Typing, Uplink};
+use super::warm::WarmChannel;
 use crate::config::HostConfig;
 
 /// At most this many additional connections (so 100 sessions fit under
@@ -152,6 +153,8 @@ pub struct Overflow {
     lanes_off: Option<String>,
     connections: Shared,
     primary_uplink: Arc<Uplink>,
+    /// The session channel opened ahead on the first connection.
+    warm: Arc<WarmChannel>,
     typing: Typing,
     /// One new connection at a time: a burst of refusals waits for it
     /// instead of opening one each.
@@ -226,7 +229,12 @@ impl Overflow {
             unavailable,
             lanes_off,
             connections: Arc::default(),
-            primary_uplink: Uplink::new(primary, primary_link, Arc::clone(&typing)),
+            primary_uplink: Uplink::new(Arc::clone(&primary), primary_link, Arc::clone(&typing)),
+            warm: {
+                let warm = Arc::new(WarmChannel::default());
+                warm.refill(&primary);
+                warm
+            },
             typing,
             opening: tokio::sync::Mutex::new(None),
             lane_failure: Mutex::new(None),
@@ -246,8 +254,13 @@ impl Overflow {
             ),
             None => String::new(),
         };
+        let warm = if self.warm.is_ready() {
+            "; a session channel opened ahead (warm, runs nothing until a session takes it)"
+        } else {
+            ""
+        };
         let mut text = format!(
-            "first connection: {}{}\n",
+            "first connection: {}{}{warm}\n",
             count(&connections.primary),
             paced(&self.primary_uplink)
         );
@@ -370,7 +383,12 @@ impl Overflow {
         class: ChannelClass,
     ) -> Result<Opened, String> {
         let lease = self.lease(Slot::Primary, class);
-        let refusal = match primary.channel_open_session().await {
+        let opened = match self.warm.take() {
+            Some(channel) => Ok(channel),
+            None => primary.channel_open_session().await,
+        };
+        self.warm.refill(primary);
+        let refusal = match opened {
             Ok(channel) => {
                 let wants_warm_lane = self.wants_warm_lane();
                 return Ok(Opened {
