@@ -32,6 +32,10 @@ pub enum Command {
     /// Make sure a live master serves DESTINATION, starting one in the
     /// background if needed; for `Match exec` in ssh_config
     Ensure(EnsureArgs),
+    /// Show the ssh_config block that makes ssh start and share masters on
+    /// demand (Match exec running ensure), and where it goes; with
+    /// --append, add it at the end of the file
+    Setup(SetupArgs),
     /// Check a policy file, or explain the decision for a request
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -74,6 +78,21 @@ pub enum Command {
     /// master
     #[command(hide = true)]
     ProcHelper,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// The ssh_config file (default: ~/.ssh/config). For another file, the
+    /// block's ensure reads that file too (-F FILE), as for `ssh -F FILE`
+    #[arg(short = 'F', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Append the block at the end of the file after showing it, keeping a
+    /// copy of the file as FILE.muxguard-backup; creates ~/.ssh and
+    /// ~/.ssh/muxguard (mode 0700) if missing. Refuses when the file
+    /// already has the block, is a symbolic link, or it or its directory
+    /// is another user's or writable by others
+    #[arg(long)]
+    pub append: bool,
 }
 
 #[derive(Debug, clap::Args)]

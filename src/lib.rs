@@ -30,6 +30,7 @@ pub(crate) mod prompt;
 pub(crate) mod proxy;
 pub(crate) mod sandbox;
 pub(crate) mod sandbox_cmd;
+pub(crate) mod setup;
 pub(crate) mod spill;
 pub(crate) mod status;
 pub(crate) mod upstream;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Connect(args) => connect::run(args),
         Command::Ensure(args) => ensure::run(args),
+        Command::Setup(args) => setup::run(args),
         Command::Policy(command) => policy_cmd::run(command),
         Command::Audit(command) => audit::run(command),
         Command::Status(args) => status::run(args, "muxguard-status"),

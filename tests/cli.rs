@@ -36,7 +36,7 @@ fn man_page_covers_every_subcommand() {
     out.assert_success("muxguard man");
     assert!(out.stdout.contains(".TH muxguard 1"), "{}", out.stdout);
     for subcommand in [
-        "connect", "ensure", "policy", "audit", "status", "forget", "ls", "sandbox",
+        "connect", "ensure", "setup", "policy", "audit", "status", "forget", "ls", "sandbox",
     ] {
         assert!(
             out.stdout.contains(&format!("muxguard\\-{subcommand}"))

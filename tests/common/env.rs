@@ -196,19 +196,7 @@ Host {HOST}
     /// A command that runs with this test's HOME, XDG directories and
     /// environment, in the temp dir, with stdin from /dev/null.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let root = self.path();
-        let mut cmd = Command::new(program);
-        for var in REMOVED_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.env("HOME", root.join("home"))
-            .env("XDG_RUNTIME_DIR", root.join("run"))
-            .env("XDG_STATE_HOME", root.join("state"))
-            .env("XDG_CONFIG_HOME", root.join("config"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .current_dir(root)
-            .stdin(Stdio::null());
-        cmd
+        command_in(self.path(), program)
     }
 
     /// `ssh -F <ssh_config>`.
@@ -313,6 +301,25 @@ impl Drop for TestEnv {
             }
         }
     }
+}
+
+/// A command with `root/home` as HOME, the XDG directories in `root`
+/// (`run`, `state`, `config`), none of the caller's agent, desktop or bus,
+/// run in `root` with stdin from /dev/null: [`TestEnv::command`] for tests
+/// that need no server.
+pub fn command_in(root: &Path, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in REMOVED_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", root.join("home"))
+        .env("XDG_RUNTIME_DIR", root.join("run"))
+        .env("XDG_STATE_HOME", root.join("state"))
+        .env("XDG_CONFIG_HOME", root.join("config"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .current_dir(root)
+        .stdin(Stdio::null());
+    cmd
 }
 
 pub fn set_mode(path: &Path, mode: u32) {
