@@ -8,23 +8,6 @@ use std::path::PathBuf;
 
 use common::{HOST, TestEnv, run};
 
-/// Stops a background master started by ensure, whatever the test did.
-struct ExitOnDrop<'a> {
-    env: &'a TestEnv,
-    config: PathBuf,
-}
-
-impl Drop for ExitOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = run(self
-            .env
-            .command("ssh")
-            .arg("-F")
-            .arg(&self.config)
-            .args(["-O", "exit", HOST]));
-    }
-}
-
 fn muxguard() -> &'static str {
     env!("CARGO_BIN_EXE_muxguard")
 }
@@ -56,7 +39,7 @@ fn match_exec_starts_and_reuses_a_master() {
     }
     let env = TestEnv::new();
     let config = ensure_config(&env);
-    let _cleanup = ExitOnDrop {
+    let _cleanup = common::master::ExitOnDrop {
         env: &env,
         config: config.clone(),
     };

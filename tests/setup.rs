@@ -268,23 +268,6 @@ fn ssh_runs_the_block_and_uses_it_only_when_ensure_succeeds() {
     assert_eq!(ssh_g(false), None);
 }
 
-/// Ends the master the Match block started, whatever the test did.
-struct ExitMaster<'a> {
-    env: &'a TestEnv,
-    config: PathBuf,
-}
-
-impl Drop for ExitMaster<'_> {
-    fn drop(&mut self) {
-        let _ = run(self
-            .env
-            .command("ssh")
-            .arg("-F")
-            .arg(&self.config)
-            .args(["-O", "exit", HOST]));
-    }
-}
-
 #[test]
 fn the_written_block_starts_one_master_that_ssh_shares() {
     if !common::selected(common::MasterKind::Muxguard) {
@@ -302,7 +285,7 @@ fn the_written_block_starts_one_master_that_ssh_shares() {
         .collect();
     fs::write(&config, base).unwrap();
     set_mode(&config, 0o600);
-    let _cleanup = ExitMaster {
+    let _cleanup = common::master::ExitOnDrop {
         env: &env,
         config: config.clone(),
     };

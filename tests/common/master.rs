@@ -186,3 +186,23 @@ fn append(path: &Path) -> File {
         .open(path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
+
+/// Ends, when dropped, the master that ssh's configuration `config` leads
+/// to (`ssh -F config -O exit`): for masters started on demand by a
+/// `Match exec` block, which no guard of ours started.
+pub struct ExitOnDrop<'a> {
+    pub env: &'a TestEnv,
+    pub config: PathBuf,
+}
+
+impl Drop for ExitOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = process::run(
+            self.env
+                .command("ssh")
+                .arg("-F")
+                .arg(&self.config)
+                .args(["-O", "exit", HOST]),
+        );
+    }
+}
