@@ -375,27 +375,7 @@ pub fn decode(body: &[u8]) -> Result<ClientPacket, PacketError> {
     }
     let mut r = Reader { rest: payload };
     let packet = match message_type {
-        msg::GLOBAL_REQUEST => {
-            let name = r.string("request name")?;
-            let want_reply = r.bool("want reply")?;
-            let request = match name.as_str() {
-                "tcpip-forward" | "cancel-tcpip-forward" => {
-                    let address = r.string("bind address")?;
-                    let port = r.u32("bind port")?;
-                    r.end("tcpip-forward")?;
-                    if name == "tcpip-forward" {
-                        GlobalRequest::TcpipForward { address, port }
-                    } else {
-                        GlobalRequest::CancelTcpipForward { address, port }
-                    }
-                }
-                _ => GlobalRequest::Other(name),
-            };
-            ClientPacket::GlobalRequest {
-                want_reply,
-                request,
-            }
-        }
+        msg::GLOBAL_REQUEST => decode_global_request(&mut r)?,
         msg::REQUEST_SUCCESS => ClientPacket::RequestSuccess,
         msg::REQUEST_FAILURE => ClientPacket::RequestFailure,
         msg::CHANNEL_OPEN => {
@@ -508,6 +488,28 @@ pub fn decode(body: &[u8]) -> Result<ClientPacket, PacketError> {
         other => return Err(PacketError::UnknownType(other)),
     };
     Ok(packet)
+}
+
+fn decode_global_request(r: &mut Reader<'_>) -> Result<ClientPacket, PacketError> {
+    let name = r.string("request name")?;
+    let want_reply = r.bool("want reply")?;
+    let request = match name.as_str() {
+        "tcpip-forward" | "cancel-tcpip-forward" => {
+            let address = r.string("bind address")?;
+            let port = r.u32("bind port")?;
+            r.end("tcpip-forward")?;
+            if name == "tcpip-forward" {
+                GlobalRequest::TcpipForward { address, port }
+            } else {
+                GlobalRequest::CancelTcpipForward { address, port }
+            }
+        }
+        _ => GlobalRequest::Other(name),
+    };
+    Ok(ClientPacket::GlobalRequest {
+        want_reply,
+        request,
+    })
 }
 
 fn decode_channel_request(name: String, r: &mut Reader<'_>) -> Result<ChannelRequest, PacketError> {
