@@ -387,9 +387,12 @@ impl Overflow {
             Some(channel) => Ok(channel),
             None => primary.channel_open_session().await,
         };
-        self.warm.refill(primary);
         let refusal = match opened {
             Ok(channel) => {
+                // Only when the first connection had room: refused, a
+                // refill would be refused too, a wasted round trip per
+                // session while it is full.
+                self.warm.refill(primary);
                 let wants_warm_lane = self.wants_warm_lane();
                 return Ok(Opened {
                     channel,
