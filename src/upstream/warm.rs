@@ -57,18 +57,12 @@ impl WarmChannel {
         tokio::spawn(async move {
             match connection.channel_open_session().await {
                 Ok(channel) => {
-                    let spare = {
-                        let mut ready = warm.ready.lock().expect("not poisoned");
-                        match *ready {
-                            None => ready.replace(channel),
-                            Some(_) => Some(channel),
-                        }
-                    };
-                    // One was put there meanwhile (cannot happen while
-                    // refills are one at a time, but a channel is never
-                    // left open unowned): russh does not close on drop.
-                    if let Some(spare) = spare {
-                        let _ = spare.close().await;
+                    // Only refills fill the slot, one at a time, so it is
+                    // empty; were it not, the older channel is closed, as
+                    // russh does not close a dropped one.
+                    let older = warm.ready.lock().expect("not poisoned").replace(channel);
+                    if let Some(older) = older {
+                        let _ = older.close().await;
                     }
                 }
                 // MaxSessions reached, or the connection is going: sessions
