@@ -82,11 +82,7 @@ impl Uplink {
     /// Waits until `bytes` of a session of `class` may be handed to the
     /// connection.
     pub async fn admit(self: &Arc<Self>, class: ChannelClass, bytes: usize) {
-        let typing = if self.keeps_queues_short {
-            self.interactive_here.load(Ordering::Relaxed) > 0
-        } else {
-            self.typing.load(Ordering::Relaxed) > 0
-        };
+        let typing = self.typing_that_pacing_helps();
         if !Pacer::paces(class, typing) {
             return;
         }
@@ -103,6 +99,19 @@ impl Uplink {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Whether someone types whose keystrokes pacing this connection
+    /// protects: anyone on the master, or, when the congestion control
+    /// keeps the bottleneck's queue short by itself, someone on this
+    /// connection (see `keeps_queues_short`).
+    fn typing_that_pacing_helps(&self) -> bool {
+        let typists = if self.keeps_queues_short {
+            &self.interactive_here
+        } else {
+            &*self.typing
+        };
+        typists.load(Ordering::Relaxed) > 0
     }
 
     pub fn interactive_session_started(&self) {
@@ -126,8 +135,8 @@ impl Uplink {
         loop {
             let needed = {
                 let mut state = self.state.lock().expect("not poisoned");
-                let needed = self.typing.load(Ordering::Relaxed) > 0
-                    && state.last_admitted.elapsed() < IDLE_STOP;
+                let needed =
+                    self.typing_that_pacing_helps() && state.last_admitted.elapsed() < IDLE_STOP;
                 if !needed {
                     state.sampling = false;
                 }
