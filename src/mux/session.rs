@@ -191,7 +191,6 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         pending,
         exit_status: None,
         exit_signal: None,
-        exit_sent: false,
     };
     let end = loop {
         let ended = tokio::select! {
@@ -319,7 +318,6 @@ struct Live {
     pending: std::collections::VecDeque<Pending>,
     exit_status: Option<u32>,
     exit_signal: Option<String>,
-    exit_sent: bool,
 }
 
 impl Live {
@@ -342,9 +340,8 @@ impl Live {
             // the channel closes.
             Some(ChannelMsg::Eof) => {}
             Some(ChannelMsg::ExitStatus { exit_status }) => {
-                self.exit_status = Some(exit_status);
-                if !self.exit_sent {
-                    self.exit_sent = true;
+                // The client hears the first exit status only.
+                if self.exit_status.replace(exit_status).is_none() {
                     let message = ServerMessage::ExitMessage {
                         session_id: self.session_id,
                         exit_value: exit_status,
