@@ -70,23 +70,37 @@ pub fn check_dir_safety(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "control socket directory {} is owned by uid {}, not by you (uid {me}); use a directory of your own",
-            dir.display(),
-            meta.uid()
-        );
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        bail!(
+    match exposure(&meta) {
+        None => Ok(()),
+        Some(Exposure::Owner { uid, me }) => bail!(
+            "control socket directory {} is owned by uid {uid}, not by you (uid {me}); use a directory of your own",
+            dir.display()
+        ),
+        Some(Exposure::Writable { mode }) => bail!(
             "control socket directory {} is writable by others (mode {mode:04o}); fix it with `chmod go-w {}`",
             dir.display(),
             dir.display()
-        );
+        ),
     }
-    Ok(())
+}
+
+/// Why a file or directory cannot be trusted as ours, as OpenSSH judges
+/// its own files: another user owns it, or group or others may write it.
+pub enum Exposure {
+    Owner { uid: u32, me: u32 },
+    Writable { mode: u32 },
+}
+
+pub fn exposure(meta: &std::fs::Metadata) -> Option<Exposure> {
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Some(Exposure::Owner {
+            uid: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o022 != 0).then_some(Exposure::Writable { mode })
 }
 
 /// The first directory on the way to `path` that nobody but its owner may

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use crate::cli::SetupArgs;
-use crate::paths;
+use crate::paths::{self, Exposure};
 
 pub fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let home = std::path::absolute(crate::config::home_dir())
@@ -186,25 +186,20 @@ fn check_own_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn check_owner_and_mode(path: &Path, meta: &fs::Metadata) -> anyhow::Result<()> {
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "{} is owned by uid {}, not by you (uid {me}); muxguard setup only writes your own \
+    match paths::exposure(meta) {
+        None => Ok(()),
+        Some(Exposure::Owner { uid, me }) => bail!(
+            "{} is owned by uid {uid}, not by you (uid {me}); muxguard setup only writes your own \
              files: fix the owner, or add the block by hand",
-            path.display(),
-            meta.uid()
-        );
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        bail!(
+            path.display()
+        ),
+        Some(Exposure::Writable { mode }) => bail!(
             "{} is writable by others (mode {mode:04o}), which ssh refuses too; fix it with \
              `chmod go-w {}` and run muxguard setup again",
             path.display(),
             path.display()
-        );
+        ),
     }
-    Ok(())
 }
 
 /// The file's content, or `None` when there is no file yet. A symbolic
