@@ -54,6 +54,7 @@ PrintMotd no
 Subsystem sftp internal-sftp
 AcceptEnv LANG LC_* GIT_PROTOCOL
 LogLevel VERBOSE
+SetEnv SHLVL=1
 EOF
 echo "[127.0.0.1]:$port $(cat "$work/host_key.pub")" >"$work/known_hosts"
 mkdir -m 700 "$work/ctl"

@@ -168,6 +168,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `SetEnv SHLVL=1`: Debian's bash reads `~/.bashrc` for `ssh host cmd` only
+/// as a top-level shell, and with SHLVL set it is not. The account's rc
+/// files are not what a test measures, and a slow one stalls every session:
+/// on the CI host root's `.bashrc` runs `pyenv init`, whose rehash waits 60 s
+/// on a lock file that a killed session can leave behind.
 fn sshd_config(port: u16, host_key: &Path, authorized_keys: &Path, config: &SshdConfig) -> String {
     format!(
         "\
@@ -187,6 +192,7 @@ PrintMotd no
 PrintLastLog no
 Subsystem sftp internal-sftp
 AcceptEnv LANG LC_* GIT_PROTOCOL MUXGUARD_TEST_*
+SetEnv SHLVL=1
 ",
         host_key = host_key.display(),
         authorized_keys = authorized_keys.display(),
