@@ -13,7 +13,10 @@
 //! - a terminal: reads happen on the event loop only when the kernel says a
 //!   read will not block; writes go to a helper thread, since a write to a
 //!   terminal may block and must not stall the master;
-//! - anything epoll cannot watch (regular files, /dev/null): helper threads.
+//! - /dev/null: nothing at all. Reading it is end of file and writing it
+//!   discards, at once and always, so neither needs a thread (scripts and
+//!   `ssh -n` pass it as stdin on every session).
+//! - anything else epoll cannot watch (regular files): helper threads.
 //!   Whether epoll can watch it is asked of epoll itself, so an eventfd or
 //!   an inotify descriptor passed as stdin is polled, never read by a
 //!   thread that would block in it for good.
@@ -39,8 +42,18 @@ pub enum FdKind {
     Terminal,
     /// Pipes, FIFOs and sockets.
     Pollable,
-    /// Regular files, /dev/null and other things epoll refuses.
+    /// The null device: end of file to read, a sink to write.
+    Null,
+    /// Regular files and other things epoll refuses.
     Blocking,
+}
+
+/// The null device's number (Linux: memory devices, minor 3) wherever
+/// its node lives: that number is the driver, whatever the node's name.
+fn is_null_device(stat: &rustix::fs::Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice
+        && rustix::fs::major(stat.st_rdev) == 1
+        && rustix::fs::minor(stat.st_rdev) == 3
 }
 
 /// Restores a description's status flags when the last of our copies of it
@@ -147,22 +160,24 @@ pub fn adopt(fds: Vec<OwnedFd>) -> io::Result<Vec<PassedFd>> {
     for fd in &fds {
         let stat = rustix::fs::fstat(fd)?;
         let flags = rustix::fs::fcntl_getfl(fd)?;
-        originals.push((
-            (stat.st_dev, stat.st_ino),
-            FileType::from_raw_mode(stat.st_mode),
-            flags,
-        ));
+        let file_type = if is_null_device(&stat) {
+            None
+        } else {
+            Some(FileType::from_raw_mode(stat.st_mode))
+        };
+        originals.push(((stat.st_dev, stat.st_ino), file_type, flags));
     }
     let mut adopted: Vec<PassedFd> = Vec::with_capacity(fds.len());
     for (fd, (identity, file_type, original)) in fds.into_iter().zip(originals.iter().copied()) {
         let kind = match file_type {
-            FileType::CharacterDevice if rustix::termios::isatty(&fd) => FdKind::Terminal,
-            FileType::Fifo | FileType::Socket => FdKind::Pollable,
+            None => FdKind::Null,
+            Some(FileType::CharacterDevice) if rustix::termios::isatty(&fd) => FdKind::Terminal,
+            Some(FileType::Fifo | FileType::Socket) => FdKind::Pollable,
             _ if epoll_can_watch(fd.as_fd())? => FdKind::Pollable,
             _ => FdKind::Blocking,
         };
         let permit = match kind {
-            FdKind::Pollable => None,
+            FdKind::Pollable | FdKind::Null => None,
             FdKind::Terminal | FdKind::Blocking => Some(ThreadPermit::take()?),
         };
         let mut restorer = None;
@@ -197,6 +212,8 @@ pub enum InputSource {
     Pollable(AsyncFd<PassedFd>),
     Terminal(AsyncFd<PassedFd>),
     Thread(mpsc::Receiver<io::Result<Bytes>>),
+    /// /dev/null (our copy of it is closed at once: it is never read).
+    Null,
 }
 
 impl InputSource {
@@ -205,6 +222,7 @@ impl InputSource {
             FdKind::Pollable => Ok(InputSource::Pollable(register(fd, Interest::READABLE)?)),
             FdKind::Terminal => Ok(InputSource::Terminal(register(fd, Interest::READABLE)?)),
             FdKind::Blocking => Ok(InputSource::Thread(spawn_reader(fd)?)),
+            FdKind::Null => Ok(InputSource::Null),
         }
     }
 
@@ -261,6 +279,7 @@ impl InputSource {
                 Some(chunk) => chunk,
                 None => Ok(Bytes::new()),
             },
+            InputSource::Null => Ok(Bytes::new()),
         }
     }
 }
@@ -296,6 +315,9 @@ pub enum OutputSink {
         tx: mpsc::Sender<Bytes>,
         done: oneshot::Receiver<io::Result<()>>,
     },
+    /// /dev/null: what is written is gone, as the device would make it
+    /// (our copy of it is closed at once).
+    Null,
 }
 
 impl OutputSink {
@@ -303,6 +325,7 @@ impl OutputSink {
         match fd.kind {
             FdKind::Pollable => Ok(OutputSink::Pollable(register(fd, Interest::WRITABLE)?)),
             FdKind::Terminal | FdKind::Blocking => Ok(spawn_writer(fd)?),
+            FdKind::Null => Ok(OutputSink::Null),
         }
     }
 
@@ -327,6 +350,7 @@ impl OutputSink {
                 .send(data)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "output closed")),
+            OutputSink::Null => Ok(()),
         }
     }
 
@@ -342,6 +366,7 @@ impl OutputSink {
                 drop(tx);
                 done.await.unwrap_or(Ok(()))
             }
+            OutputSink::Null => Ok(()),
         }
     }
 }
@@ -468,12 +493,39 @@ mod tests {
     }
 
     #[test]
-    fn regular_files_and_dev_null_use_threads() {
-        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    fn regular_files_use_threads_and_only_the_null_device_is_null() {
         let file: OwnedFd = tempfile::tempfile().unwrap().into();
-        let adopted = adopt(vec![null, file]).unwrap();
-        assert!(adopted.iter().all(|f| f.kind() == FdKind::Blocking));
+        // /dev/zero is a character device of the same driver, minor 5: it
+        // reads forever, so it must not be taken for /dev/null.
+        let zero: OwnedFd = std::fs::File::open("/dev/zero").unwrap().into();
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let adopted = adopt(vec![file, zero, null]).unwrap();
+        let kinds: Vec<FdKind> = adopted.iter().map(PassedFd::kind).collect();
+        assert_eq!(kinds, [FdKind::Blocking, FdKind::Blocking, FdKind::Null]);
         assert!(helper_threads() >= 2);
+    }
+
+    #[test]
+    fn the_null_device_reads_as_end_of_file_and_swallows_output() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let open = |write: bool| -> PassedFd {
+                let file = std::fs::OpenOptions::new()
+                    .read(!write)
+                    .write(write)
+                    .open("/dev/null")
+                    .unwrap();
+                adopt(vec![file.into()]).unwrap().pop().unwrap()
+            };
+            let mut input = InputSource::new(open(false)).unwrap();
+            assert!(input.read(1024).await.unwrap().is_empty());
+            let mut output = OutputSink::new(open(true)).unwrap();
+            output.write_all(Bytes::from_static(b"gone")).await.unwrap();
+            output.finish().await.unwrap();
+        });
     }
 
     #[test]
