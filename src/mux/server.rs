@@ -286,6 +286,12 @@ impl Requester {
     }
 }
 
+/// What a refused session's client reads on its stderr.
+pub(crate) fn denial_text(reason: &str) -> bytes::Bytes {
+    // \r\n: a tty client is in raw mode by now.
+    bytes::Bytes::from(format!("muxguard: denied by policy: {reason}\r\n"))
+}
+
 /// Refuses a session the client asked for as the policy's `deny` does:
 /// opens it, says why on its stderr, and ends it with status 255, so that
 /// the stock client does not fall back to a connection of its own.
@@ -302,8 +308,7 @@ pub(crate) async fn deny_opened_session(
     if let Some(stderr) = stderr
         && let Ok(mut sink) = OutputSink::new(stderr)
     {
-        // \r\n: a tty client is in raw mode by now.
-        let message = bytes::Bytes::from(format!("muxguard: denied by policy: {reason}\r\n"));
+        let message = denial_text(reason);
         let deliver = async {
             let _ = sink.write_all(message).await;
             let _ = sink.finish().await;

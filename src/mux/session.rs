@@ -128,35 +128,59 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         let _ = channel.close().await;
         return Err(SessionOpenError::Refused(e.to_string()));
     }
-    // Nothing runs on the server before the decision is on disk.
-    if let Some(synced) = decision_synced
-        && let Some(reason) = server::refusal_if_unrecorded(&master, synced.await)
-    {
-        let _ = channel.close().await;
-        let _ = server::deny_opened_session(&control, rid, session_id, Some(stderr), &reason).await;
-        return Err(SessionOpenError::Answered);
-    }
-    if let Err(e) = request_start(&channel, &request, &mut pending).await {
-        let _ = channel.close().await;
-        return Err(SessionOpenError::Refused(e.to_string()));
-    }
 
-    // Past this point the session is open from the client's point of view.
-    let (mut upstream_rx, upstream_tx) = channel.split();
-    let upstream_tx = Arc::new(upstream_tx);
+    // Past this point the session is open from the client's point of view,
+    // as with OpenSSH's master, which answers once the channel is open and
+    // before the server has accepted the command. What remains before the
+    // command starts (the decision's sync) overlaps the client's and our
+    // own setting up of the session's streams.
     if control
         .send(&ServerMessage::SessionOpened { rid, session_id })
         .await
         .is_err()
     {
-        let _ = upstream_tx.close().await;
+        let _ = channel.close().await;
         return Ok(SessionEnd::ClientGone);
     }
-
     let (stdout_queue, stdout_writer) =
         spawn_output(stdout, &master, format!("session {session_id} stdout"));
     let (stderr_queue, stderr_writer) =
         spawn_output(stderr, &master, format!("session {session_id} stderr"));
+
+    // Nothing runs on the server before the decision is on disk.
+    let unstarted = match decision_synced {
+        Some(synced) => server::refusal_if_unrecorded(&master, synced.await)
+            .map(|reason| server::denial_text(&reason)),
+        None => None,
+    };
+    let unstarted = match unstarted {
+        Some(text) => Some(text),
+        None => request_start(&channel, &request, &mut pending)
+            .await
+            .err()
+            .map(|e| Bytes::from(format!("muxguard: the server refused the session: {e}\r\n"))),
+    };
+    if let Some(text) = unstarted {
+        let _ = channel.close().await;
+        stderr_queue.push(text);
+        stdout_queue.close();
+        stderr_queue.close();
+        let flush = async {
+            let _ = stdout_writer.await;
+            let _ = stderr_writer.await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        let _ = control
+            .send(&ServerMessage::ExitMessage {
+                session_id,
+                exit_value: 255,
+            })
+            .await;
+        return Err(SessionOpenError::Answered);
+    }
+
+    let (mut upstream_rx, upstream_tx) = channel.split();
+    let upstream_tx = Arc::new(upstream_tx);
     master.attach_buffers(
         session_id,
         vec![Arc::clone(&stdout_queue), Arc::clone(&stderr_queue)],
