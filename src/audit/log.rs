@@ -94,9 +94,11 @@ impl AuditLog {
     }
 
     /// Appends a record and returns only once it is on disk (`fdatasync`).
-    /// The master appends decisions with [`append`] and syncs them through
-    /// [`sync`] off its event loop (see `Recorder::record_then_sync`); this
-    /// one-call form serves the tests of concurrent durable writers.
+    /// The master's writer thread appends decisions with
+    /// [`append_within`](Self::append_within) and syncs them with
+    /// [`sync`](Self::sync), once for all that arrived together (see
+    /// `Recorder::record_then_sync`); this one-call form serves the tests
+    /// of concurrent durable writers.
     ///
     /// If the write succeeds but the sync fails, the record is in the file
     /// (and the stream continues after it) but the error is returned, so
@@ -115,10 +117,9 @@ impl AuditLog {
         self.write_record(&event, Durability::Synced, LOCK_WAIT, write_once)
     }
 
-    /// A second descriptor for the file, to `fdatasync` it without holding
-    /// the log (see [`sync`]).
-    pub fn sync_handle(&self) -> io::Result<OwnedFd> {
-        self.file.try_clone()
+    /// Makes every record written so far durable (`fdatasync`).
+    pub fn sync(&self) -> io::Result<()> {
+        sync(&self.file)
     }
 
     /// The last record written, as its exact line (no newline).
@@ -217,13 +218,13 @@ fn write_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     Ok(rustix::io::write(fd, bytes)?)
 }
 
-/// Retries a call interrupted by a signal before it did anything: for
-/// `write` to a regular file, `EINTR` means no byte was written.
 /// Waits until everything written to the log file so far is on disk.
-pub fn sync(file: &OwnedFd) -> io::Result<()> {
+fn sync(file: &OwnedFd) -> io::Result<()> {
     retry_interrupted(|| rustix::fs::fdatasync(file).map_err(io::Error::from))
 }
 
+/// Retries a call interrupted by a signal before it did anything: for
+/// `write` to a regular file, `EINTR` means no byte was written.
 fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match call() {

@@ -8,10 +8,9 @@
 //! effort and a failure is logged.
 
 use std::future::Future;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -31,8 +30,6 @@ pub struct Recorder {
     path: PathBuf,
     /// `Err` keeps why the log could not be opened, for every refusal.
     writer: Result<SyncSender<Job>, String>,
-    /// The file again, for `fdatasync` off the writer thread.
-    sync_fd: Option<Arc<OwnedFd>>,
     /// Set once the stop record is written; the stream ends there.
     stopped: Mutex<bool>,
 }
@@ -41,7 +38,8 @@ enum Job {
     Append {
         event: Event,
         queued: Instant,
-        /// The append's outcome, for a record something waits on.
+        /// For a record something waits on: the outcome of its append and
+        /// of the `fdatasync` after it.
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
     Stop {
@@ -63,11 +61,6 @@ impl Recorder {
         if let (Some(journal), Ok(log)) = (&journal, &log) {
             journal.send(&String::from_utf8_lossy(log.last_line()));
         }
-        let sync_fd = log
-            .as_ref()
-            .ok()
-            .and_then(|l| l.sync_handle().ok())
-            .map(Arc::new);
         let writer = log.and_then(|log| {
             let (jobs, queue) = mpsc::sync_channel(BACKLOG);
             std::thread::Builder::new()
@@ -79,7 +72,6 @@ impl Recorder {
         Recorder {
             path: path.to_path_buf(),
             writer,
-            sync_fd,
             stopped: Mutex::new(false),
         }
     }
@@ -99,21 +91,12 @@ impl Recorder {
         &self,
         event: Event,
     ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, String> {
-        let (done, written) = oneshot::channel();
+        let (done, synced) = oneshot::channel();
         self.enqueue(event, Some(done))?;
-        let sync_fd = self.sync_fd.clone();
-        let path = self.path.clone();
         Ok(async move {
-            written
+            synced
                 .await
-                .unwrap_or_else(|_| Err("the audit writer stopped".into()))?;
-            tokio::task::spawn_blocking(move || match sync_fd {
-                Some(fd) => super::log::sync(&fd)
-                    .map_err(|e| format!("cannot write audit log {}: {e}", path.display())),
-                None => Err(format!("audit log {} is not open", path.display())),
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("audit writer failed: {e}")))
+                .unwrap_or_else(|_| Err("the audit writer stopped".into()))
         })
     }
 
@@ -163,44 +146,149 @@ impl Recorder {
     }
 }
 
+/// Where a waited-on record's fate goes.
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Records written after one that waits for the disk, before the sync
+/// that then covers them all, at most.
+const GROUP_COMMIT: usize = 64;
+
 /// The writer thread: appends each queued record, waiting for the file's
 /// lock at most [`LOCK_WAIT`] from when the record was queued, so that a
 /// lock held by someone else costs the records queued meanwhile at most
-/// that wait in all, not that wait each.
+/// that wait in all, not that wait each. A record something waits on is
+/// followed by an `fdatasync` here, on this thread, after what was queued
+/// behind it is written too: decisions that arrive together share one sync
+/// (group commit), and the waiter is woken once, when its record is on
+/// disk.
 fn write_jobs(mut log: AuditLog, journal: Option<Journal>, queue: mpsc::Receiver<Job>) {
-    for job in queue {
-        match job {
-            Job::Append {
-                event,
-                queued,
-                done,
-            } => {
-                let wait = LOCK_WAIT.saturating_sub(queued.elapsed());
-                let written = log
-                    .append_within(&event, wait)
-                    .map_err(|e| format!("cannot write audit log {}: {e}", log.path().display()));
-                match &written {
-                    Ok(()) => {
-                        if let Some(journal) = &journal {
-                            journal.send(&String::from_utf8_lossy(log.last_line()));
-                        }
+    while let Ok(job) = queue.recv() {
+        let mut waiting = Vec::new();
+        let mut next = Some(job);
+        let mut written_in_group = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Append {
+                    event,
+                    queued,
+                    done,
+                } => {
+                    let written =
+                        append(&mut log, journal.as_ref(), &event, queued, done.is_none());
+                    if let Some(done) = done {
+                        waiting.push((done, written));
                     }
-                    Err(e) if done.is_none() => {
-                        tracing::error!("audit record {} not written: {e}", event.name());
-                    }
-                    Err(_) => {}
                 }
-                if let Some(done) = done {
-                    let _ = done.send(written);
+                Job::Stop { reason, done } => {
+                    answer_after_sync(&log, waiting);
+                    if let Err(e) = log.stop(reason) {
+                        tracing::error!("audit stop record not written: {e}");
+                    }
+                    let _ = done.send(());
+                    return;
                 }
             }
-            Job::Stop { reason, done } => {
-                if let Err(e) = log.stop(reason) {
-                    tracing::error!("audit stop record not written: {e}");
-                }
-                let _ = done.send(());
-                return;
+            written_in_group += 1;
+            if !waiting.is_empty() && written_in_group < GROUP_COMMIT {
+                next = queue.try_recv().ok();
             }
         }
+        answer_after_sync(&log, waiting);
+    }
+}
+
+/// Appends one record; a failure of a record nobody waits on is logged.
+fn append(
+    log: &mut AuditLog,
+    journal: Option<&Journal>,
+    event: &Event,
+    queued: Instant,
+    best_effort: bool,
+) -> Result<(), String> {
+    let wait = LOCK_WAIT.saturating_sub(queued.elapsed());
+    let written = log
+        .append_within(event, wait)
+        .map_err(|e| format!("cannot write audit log {}: {e}", log.path().display()));
+    match &written {
+        Ok(()) => {
+            if let Some(journal) = journal {
+                journal.send(&String::from_utf8_lossy(log.last_line()));
+            }
+        }
+        Err(e) if best_effort => {
+            tracing::error!("audit record {} not written: {e}", event.name());
+        }
+        Err(_) => {}
+    }
+    written
+}
+
+/// Syncs the file once for every waiting record that was written, and
+/// tells each waiter its record's fate.
+fn answer_after_sync(log: &AuditLog, waiting: Vec<(Waiter, Result<(), String>)>) {
+    if waiting.is_empty() {
+        return;
+    }
+    let synced = if waiting.iter().any(|(_, written)| written.is_ok()) {
+        log.sync()
+            .map_err(|e| format!("cannot write audit log {}: {e}", log.path().display()))
+    } else {
+        Ok(())
+    };
+    for (done, written) in waiting {
+        let _ = done.send(written.and_then(|()| synced.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::tests::master_start;
+    use crate::audit::chain::{Escape, verify_bytes};
+
+    fn escape(session: u64) -> Event {
+        Event::Escape(Escape {
+            session,
+            sequence: "~.".to_owned(),
+        })
+    }
+
+    /// Decisions queued together, between best-effort records, are each
+    /// answered once they are written; the file holds every record, once,
+    /// in queue order, and its chain holds.
+    #[test]
+    fn records_waited_on_together_are_all_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorder = Recorder::start(&path, master_start("host"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut waits = Vec::new();
+        for session in 0..200 {
+            if session % 3 == 0 {
+                recorder.record(escape(session));
+            } else {
+                waits.push(recorder.record_then_sync(escape(session)).unwrap());
+            }
+        }
+        rt.block_on(async {
+            for wait in waits {
+                wait.await.unwrap();
+            }
+        });
+        recorder.stop("test over");
+        let data = std::fs::read(&path).unwrap();
+        let report = verify_bytes(&data);
+        assert!(report.is_ok(), "{report}");
+        let sessions: Vec<u64> = String::from_utf8(data)
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value.get("session").and_then(serde_json::Value::as_u64)
+            })
+            .collect();
+        assert_eq!(sessions, (0..200).collect::<Vec<u64>>());
     }
 }
