@@ -31,10 +31,14 @@ pub enum Frame {
     TooLong(usize),
 }
 
+/// Writes one frame in one `write` where it fits the pipe, so that the
+/// reader wakes once per frame, not once for its length and again for it.
 pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
-    w.write_all(&len.to_be_bytes())?;
-    w.write_all(payload)?;
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)?;
     w.flush()
 }
 
