@@ -114,6 +114,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         tokio::spawn(async move { master.overflow.warm_lane(&master.config).await });
     }
     let (channel, connection, _lease) = (opened.channel, opened.handle, opened.lease);
+    let warm_refill = opened.warm_refill;
     let pace = (class == ChannelClass::Bulk).then_some(opened.uplink);
 
     // A duplicate of a terminal stdin, for modes now and window size later.
@@ -178,6 +179,8 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             .await;
         return Err(SessionOpenError::Answered);
     }
+
+    drop(warm_refill);
 
     let (mut upstream_rx, upstream_tx) = channel.split();
     let upstream_tx = Arc::new(upstream_tx);

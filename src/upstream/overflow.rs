@@ -33,7 +33,7 @@ use super::forward::RemoteRoutes;
 use super::lanes::{self, ChannelClass, Load};
 use super::socket::LinkProbe;
 use super::uplink::{Typing, Uplink};
-use super::warm::WarmChannel;
+use super::warm::{RefillWhenDropped, WarmChannel};
 use crate::config::HostConfig;
 
 /// At most this many additional connections (so 100 sessions fit under
@@ -204,6 +204,9 @@ pub struct Opened {
     /// A lane should be opened ahead of need now
     /// ([`Overflow::warm_lane`]).
     pub wants_warm_lane: bool,
+    /// The warm channel's refill, to drop once the session's request is
+    /// sent.
+    pub warm_refill: Option<RefillWhenDropped>,
 }
 
 impl Overflow {
@@ -392,7 +395,7 @@ impl Overflow {
                 // Only when the first connection had room: refused, a
                 // refill would be refused too, a wasted round trip per
                 // session while it is full.
-                self.warm.refill(primary);
+                let warm_refill = Some(RefillWhenDropped::new(&self.warm, primary));
                 let wants_warm_lane = self.wants_warm_lane();
                 return Ok(Opened {
                     channel,
@@ -400,6 +403,7 @@ impl Overflow {
                     uplink: Arc::clone(&self.primary_uplink),
                     lease,
                     wants_warm_lane,
+                    warm_refill,
                 });
             }
             Err(russh::Error::ChannelOpenFailure(reason)) => describe_refusal(reason),
@@ -592,6 +596,7 @@ impl Overflow {
                 uplink,
                 lease,
                 wants_warm_lane: false,
+                warm_refill: None,
             }),
             Err(russh::Error::ChannelOpenFailure(reason)) => Err(describe_refusal(reason)),
             Err(e) => Err(e.to_string()),

@@ -73,3 +73,27 @@ impl WarmChannel {
         });
     }
 }
+
+/// A refill of a connection's warm channel, due once the session that took
+/// the last one has sent its request: done when this is dropped. Opening
+/// the next channel before that would put its CHANNEL_OPEN, and the
+/// server's work on it, ahead of the request someone is waiting for.
+pub struct RefillWhenDropped {
+    warm: Arc<WarmChannel>,
+    connection: Arc<Handle<ClientHandler>>,
+}
+
+impl RefillWhenDropped {
+    pub fn new(warm: &Arc<WarmChannel>, connection: &Arc<Handle<ClientHandler>>) -> Self {
+        RefillWhenDropped {
+            warm: Arc::clone(warm),
+            connection: Arc::clone(connection),
+        }
+    }
+}
+
+impl Drop for RefillWhenDropped {
+    fn drop(&mut self) {
+        self.warm.refill(&self.connection);
+    }
+}
