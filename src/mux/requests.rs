@@ -193,6 +193,7 @@ impl Connection<'_> {
             control: self.writer.clone(),
             reader: self.reader,
             master: Arc::clone(master),
+            requester: Arc::clone(self.requester),
             traffic: Arc::clone(&traffic),
         })
         .await;
