@@ -23,6 +23,15 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// A TCP endpoint, as tests write one.
+#[cfg(test)]
+pub fn tcp(host: &str, port: u16) -> Endpoint {
+    Endpoint::Tcp {
+        host: host.into(),
+        port,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ForwardKind {
     Local,

@@ -9,10 +9,15 @@
 //! to the session's stderr. It performs no I/O itself.
 //!
 //! The behaviour follows what the OpenSSH 9.2 master does for mux sessions
-//! (see §6.5 of the mux protocol notes), with one deliberate difference:
+//! (see §6.5 of the mux protocol notes), with two deliberate differences.
 //! OpenSSH keeps the "at start of line" flag in a single global shared by
 //! every session, whereas here each session has its own, so typing in one
-//! session can never arm or disarm escapes in another.
+//! session can never arm or disarm escapes in another. And `~C` opens the
+//! command line (see [`crate::mux::cmdline`]) where OpenSSH's master says
+//! it is not available: what is typed into it is echoed locally and never
+//! sent upstream, and the finished line goes to the session to carry out.
+
+use crate::mux::cmdline::{self, Finished, LineEditor};
 
 /// Ctrl-Z, which OpenSSH uses for "suspend" after the escape character.
 const CTRL_Z: u8 = 0x1a;
@@ -25,8 +30,21 @@ const CTRL_Z: u8 = 0x1a;
 pub enum Filtered {
     /// Bytes to send upstream as channel data. Never empty.
     Data(Vec<u8>),
+    /// Something for the session itself; nothing of it goes upstream.
+    Local(Local),
+}
+
+/// The part of a session's input that the master handles itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
     /// An escape command the session must carry out.
     Action(EscapeAction),
+    /// Text for the session's stderr: the `~C` prompt and the echo of what
+    /// is typed after it. Never empty.
+    Echo(Vec<u8>),
+    /// A `~C` command line finished with Enter, as typed (without the
+    /// newline); [`cmdline::parse`] says what it asks for.
+    CommandLine(String),
 }
 
 /// An escape command recognised in a session's input.
@@ -57,8 +75,6 @@ pub enum EscapeAction {
 /// Escapes that only make sense in a non-multiplexed `ssh` process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnavailableEscape {
-    /// `~C`: the interactive command line.
-    CommandLine,
     /// `~V`: lower the log level.
     LessVerbose,
     /// `~v`: raise the log level.
@@ -74,7 +90,6 @@ impl UnavailableEscape {
     /// because echoing the raw control byte would be invisible.
     pub fn spelling(self) -> &'static str {
         match self {
-            UnavailableEscape::CommandLine => "C",
             UnavailableEscape::LessVerbose => "V",
             UnavailableEscape::MoreVerbose => "v",
             UnavailableEscape::Background => "&",
@@ -94,7 +109,6 @@ impl EscapeAction {
             b'R' => EscapeAction::Rekey,
             b'#' => EscapeAction::ListChannels,
             b'?' => EscapeAction::Help,
-            b'C' => EscapeAction::NotAvailable(UnavailableEscape::CommandLine),
             b'V' => EscapeAction::NotAvailable(UnavailableEscape::LessVerbose),
             b'v' => EscapeAction::NotAvailable(UnavailableEscape::MoreVerbose),
             b'&' => EscapeAction::NotAvailable(UnavailableEscape::Background),
@@ -144,11 +158,15 @@ impl EscapeAction {
 /// acts on, in the two-column layout ssh users know.
 fn push_help(text: &mut Vec<u8>, escape_char: u8) {
     text.extend_from_slice(b"Escape sequences in this shared session:\r\n");
-    let rows: [(&[u8], &str); 6] = [
+    let rows: [(&[u8], &str); 7] = [
         (b".", "close this session; the shared connection stays up"),
         (b"B", "send a BREAK to the remote side"),
         (b"R", "renegotiate the connection's keys"),
         (b"#", "show the open channels of the connection"),
+        (
+            b"C",
+            "command line: forwards (-L -R -D -KL -KR -KD), decided by the policy",
+        ),
         (b"?", "show this list"),
         (&[escape_char], "send the escape character itself"),
     ];
@@ -174,6 +192,9 @@ enum State {
     /// The escape character was seen at a line start and withheld; the next
     /// byte, possibly in a later read, decides what it meant.
     EscapePending,
+    /// `~C` was seen: input goes to the command line's editor until the
+    /// line is submitted or cancelled.
+    CommandLine,
     /// `~.` was seen. The session is going away, so input is ignored.
     Terminated,
 }
@@ -194,6 +215,8 @@ impl State {
 pub struct EscapeFilter {
     escape_char: u8,
     state: State,
+    /// The `~C` line being typed (empty outside [`State::CommandLine`]).
+    editor: LineEditor,
 }
 
 impl EscapeFilter {
@@ -203,6 +226,7 @@ impl EscapeFilter {
         EscapeFilter {
             escape_char,
             state: State::LineStart,
+            editor: LineEditor::default(),
         }
     }
 
@@ -233,11 +257,13 @@ impl EscapeFilter {
 
     /// Filters one read from the session's stdin.
     ///
-    /// Returns data and actions in input order; adjacent data is merged into
-    /// one [`Filtered::Data`]. An escape character at the end of `input` is
-    /// held back until the next call shows what follows it. After
-    /// [`EscapeAction::Terminate`] the rest of `input`, and of every later
-    /// call, is dropped.
+    /// Returns data and local pieces in input order; adjacent data is merged
+    /// into one [`Filtered::Data`], adjacent echo into one [`Local::Echo`].
+    /// An escape character at the end of `input` is held back until the next
+    /// call shows what follows it. After `~C` every byte goes to the command
+    /// line until it ends, and a lone Esc at the end of `input` cancels it
+    /// (see [`LineEditor::end_of_read`]). After [`EscapeAction::Terminate`]
+    /// the rest of `input`, and of every later call, is dropped.
     #[must_use = "the filtered data must be sent upstream"]
     pub fn filter(&mut self, input: &[u8]) -> Vec<Filtered> {
         let mut out = Vec::new();
@@ -253,10 +279,18 @@ impl EscapeFilter {
                     data.push(byte);
                     self.state = State::after_data(byte);
                 }
+                State::EscapePending if byte == b'C' => {
+                    push_local(&mut out, &mut data, Local::Echo(cmdline::PROMPT.to_vec()));
+                    self.state = State::CommandLine;
+                }
+                State::CommandLine => {
+                    let mut echo = Vec::new();
+                    let finished = self.editor.feed(byte, &mut echo);
+                    self.edited(echo, finished, &mut out);
+                }
                 State::EscapePending => match EscapeAction::from_command_byte(byte) {
                     Some(action) => {
-                        flush_data(&mut data, &mut out);
-                        out.push(Filtered::Action(action));
+                        push_local(&mut out, &mut data, Local::Action(action));
                         // A command sends nothing upstream, so the line is
                         // still at its start and another escape may follow
                         // straight away, as in OpenSSH.
@@ -280,8 +314,32 @@ impl EscapeFilter {
             }
         }
 
+        if self.state == State::CommandLine {
+            let mut echo = Vec::new();
+            let finished = self.editor.end_of_read(&mut echo);
+            self.edited(echo, finished, &mut out);
+        }
         flush_data(&mut data, &mut out);
         out
+    }
+
+    /// Reports what one step of the command line's editor produced. Once
+    /// the line is over the session is at the start of a line again, so an
+    /// escape may follow at once.
+    fn edited(&mut self, echo: Vec<u8>, finished: Option<Finished>, out: &mut Vec<Filtered>) {
+        // Nothing goes upstream while the command line is open.
+        let mut no_data = Vec::new();
+        if !echo.is_empty() {
+            push_local(out, &mut no_data, Local::Echo(echo));
+        }
+        match finished {
+            None => {}
+            Some(Finished::Cancelled) => self.state = State::LineStart,
+            Some(Finished::Submitted(line)) => {
+                out.push(Filtered::Local(Local::CommandLine(line)));
+                self.state = State::LineStart;
+            }
+        }
     }
 }
 
@@ -289,6 +347,18 @@ impl EscapeFilter {
 fn flush_data(data: &mut Vec<u8>, out: &mut Vec<Filtered>) {
     if !data.is_empty() {
         out.push(Filtered::Data(std::mem::take(data)));
+    }
+}
+
+/// Appends a local piece after the data before it; echo right after echo
+/// joins it, so a typed line comes out as one piece per read.
+fn push_local(out: &mut Vec<Filtered>, data: &mut Vec<u8>, local: Local) {
+    flush_data(data, out);
+    match (out.last_mut(), local) {
+        (Some(Filtered::Local(Local::Echo(earlier))), Local::Echo(more)) => {
+            earlier.extend_from_slice(&more);
+        }
+        (_, local) => out.push(Filtered::Local(local)),
     }
 }
 
@@ -301,7 +371,15 @@ mod tests {
     }
 
     fn action(action: EscapeAction) -> Filtered {
-        Filtered::Action(action)
+        Filtered::Local(Local::Action(action))
+    }
+
+    fn echo(bytes: &[u8]) -> Filtered {
+        Filtered::Local(Local::Echo(bytes.to_vec()))
+    }
+
+    fn command_line(line: &str) -> Filtered {
+        Filtered::Local(Local::CommandLine(line.to_string()))
     }
 
     fn tilde() -> EscapeFilter {
@@ -464,16 +542,12 @@ mod tests {
 
     #[test]
     fn all_commands_are_recognised() {
-        let cases: [(u8, EscapeAction); 10] = [
+        let cases: [(u8, EscapeAction); 9] = [
             (b'.', EscapeAction::Terminate),
             (b'B', EscapeAction::SendBreak),
             (b'R', EscapeAction::Rekey),
             (b'#', EscapeAction::ListChannels),
             (b'?', EscapeAction::Help),
-            (
-                b'C',
-                EscapeAction::NotAvailable(UnavailableEscape::CommandLine),
-            ),
             (
                 b'V',
                 EscapeAction::NotAvailable(UnavailableEscape::LessVerbose),
@@ -496,6 +570,91 @@ mod tests {
                 "byte {byte:#x}"
             );
         }
+    }
+
+    fn prompt_then(typed: &[u8]) -> Filtered {
+        let mut text = cmdline::PROMPT.to_vec();
+        text.extend_from_slice(typed);
+        echo(&text)
+    }
+
+    #[test]
+    fn command_line_is_echoed_and_never_sent_upstream() {
+        let mut f = tilde();
+        assert_eq!(
+            f.filter(b"ls\r~C-L 80:h:80\rmore"),
+            vec![
+                data(b"ls\r"),
+                prompt_then(b"-L 80:h:80\r\n"),
+                command_line("-L 80:h:80"),
+                data(b"more"),
+            ]
+        );
+    }
+
+    #[test]
+    fn command_line_across_reads() {
+        let mut f = tilde();
+        assert_eq!(f.filter(b"~"), vec![]);
+        assert_eq!(f.filter(b"C"), vec![prompt_then(b"")]);
+        assert_eq!(f.filter(b"-KL"), vec![echo(b"-KL")]);
+        assert_eq!(f.filter(b" 1\x7f"), vec![echo(b" 1\x08 \x08")]);
+        assert_eq!(
+            f.filter(b"2\r"),
+            vec![echo(b"2\r\n"), command_line("-KL 2")]
+        );
+        assert_eq!(f.filter(b"ls"), vec![data(b"ls")]);
+    }
+
+    #[test]
+    fn escapes_inside_the_command_line_are_text() {
+        let mut f = tilde();
+        assert_eq!(
+            f.filter(b"~C~.\r"),
+            vec![prompt_then(b"~.\r\n"), command_line("~.")]
+        );
+        assert!(!f.is_terminated());
+    }
+
+    #[test]
+    fn after_the_command_line_an_escape_may_follow_at_once() {
+        let mut f = tilde();
+        assert_eq!(
+            f.filter(b"~Cx\r~."),
+            vec![
+                prompt_then(b"x\r\n"),
+                command_line("x"),
+                action(EscapeAction::Terminate)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cancelled_command_line_sends_nothing() {
+        let mut f = tilde();
+        assert_eq!(
+            f.filter(b"~Cabc\x03~#"),
+            vec![prompt_then(b"abc\r\n"), action(EscapeAction::ListChannels)]
+        );
+
+        // Esc alone at the end of a read cancels; what follows is data.
+        let mut f = tilde();
+        assert_eq!(f.filter(b"~Cab\x1b"), vec![prompt_then(b"ab\r\n")]);
+        assert_eq!(f.filter(b"x"), vec![data(b"x")]);
+
+        // An arrow key in one read is ignored, the line goes on.
+        let mut f = tilde();
+        assert_eq!(f.filter(b"~Ca\x1b[D"), vec![prompt_then(b"a")]);
+        assert_eq!(f.filter(b"\r"), vec![echo(b"\r\n"), command_line("a")]);
+    }
+
+    #[test]
+    fn command_line_with_c_as_the_escape_char() {
+        let mut f = EscapeFilter::new(b'C');
+        assert_eq!(
+            f.filter(b"CC?\r"),
+            vec![prompt_then(b"?\r\n"), command_line("?")]
+        );
     }
 
     #[test]
@@ -533,8 +692,8 @@ mod tests {
         assert_eq!(EscapeAction::ListChannels.echo_text(tilde), b"~#\r\n");
         assert_eq!(EscapeAction::Rekey.echo_text(tilde), b"");
         assert_eq!(
-            EscapeAction::NotAvailable(UnavailableEscape::CommandLine).echo_text(tilde),
-            b"~C escape not available to multiplexed sessions\r\n"
+            EscapeAction::NotAvailable(UnavailableEscape::Background).echo_text(tilde),
+            b"~& escape not available to multiplexed sessions\r\n"
         );
         assert_eq!(
             EscapeAction::NotAvailable(UnavailableEscape::Suspend).echo_text(tilde),
@@ -560,7 +719,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix(" %"))
             .map(|rest| rest.split_whitespace().next().unwrap_or(""))
             .collect();
-        assert_eq!(listed, [".", "B", "R", "#", "?", "%"]);
+        assert_eq!(listed, [".", "B", "R", "#", "C", "?", "%"]);
         assert!(text.contains(" %%   - "));
         assert!(text.contains(" %.   - "));
         assert!(text.contains("start of a line"));

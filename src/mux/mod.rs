@@ -1,5 +1,6 @@
 //! The OpenSSH mux protocol (version 4), master side.
 
+pub mod cmdline;
 pub mod escape;
 pub mod fdpass;
 pub mod limits;

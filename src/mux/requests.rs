@@ -193,6 +193,7 @@ impl Connection<'_> {
             control: self.writer.clone(),
             reader: self.reader,
             master: Arc::clone(master),
+            requester: Arc::clone(self.requester),
             traffic: Arc::clone(&traffic),
         })
         .await;
@@ -350,39 +351,15 @@ impl Connection<'_> {
         rid: u32,
         spec: wire::ForwardSpec,
     ) -> Result<Flow, CloseReason> {
-        let master = self.master;
-        let description = forward::describe_spec(&spec);
-        let asked = Asked {
-            kind: forward_kind(&spec),
-            command: Some(&description),
-            local_port: forward::local_tcp_port(&spec),
+        let reply = match open_forward(self.master, self.requester, spec).await {
+            Decided::Refused(outcome) => {
+                self.refused(rid, &outcome).await?;
+                return Ok(Flow::Next);
+            }
+            Decided::Done(OpenResult::Opened) => ServerMessage::Ok { rid },
+            Decided::Done(OpenResult::RemotePort(port)) => ServerMessage::RemotePort { rid, port },
+            Decided::Done(OpenResult::Failed(reason)) => ServerMessage::Failure { rid, reason },
         };
-        let (outcome, request_id) = self
-            .requester
-            .decide_asked(master, &asked, audited_forward(&spec))
-            .await;
-        if self.refused(rid, &outcome).await? {
-            return Ok(Flow::Next);
-        }
-        let opened = master
-            .forwards
-            .open(spec, &master.upstream, &master.remote_routes)
-            .await;
-        if !matches!(opened, OpenResult::Failed(_)) {
-            master
-                .audit
-                .record(audit::Event::ForwardOpen(audit::ForwardOpen {
-                    client: self.client_id(),
-                    request: request_id,
-                    spec: description.clone(),
-                }));
-        }
-        let reply = match opened {
-            OpenResult::Opened => ServerMessage::Ok { rid },
-            OpenResult::RemotePort(port) => ServerMessage::RemotePort { rid, port },
-            OpenResult::Failed(reason) => ServerMessage::Failure { rid, reason },
-        };
-        master.recount_active();
         self.writer.send(&reply).await?;
         Ok(Flow::Next)
     }
@@ -392,43 +369,15 @@ impl Connection<'_> {
         rid: u32,
         spec: wire::ForwardSpec,
     ) -> Result<Flow, CloseReason> {
-        let master = self.master;
-        let description = forward::describe_spec(&spec);
-        // Cancelling is control of the master, as -O exit is: a rule for
-        // opening forwards does not cover it.
-        let outcome = self
-            .requester
-            .decide(
-                master,
-                RequestKind::Control,
-                Some("cancel"),
-                audit::RequestKind::Control {
-                    operation: audit::ControlOperation::CancelForward,
-                    forward: Some(description.clone()),
-                },
-            )
-            .await
-            .0;
-        if self.refused(rid, &outcome).await? {
-            return Ok(Flow::Next);
-        }
-        let closed = master
-            .forwards
-            .close(&spec, &master.upstream, &master.remote_routes)
-            .await;
+        let closed = cancel_forward(self.master, self.requester, &spec, "-O cancel").await;
         let reply = match closed {
-            Ok(()) => {
-                master
-                    .audit
-                    .record(audit::Event::ForwardClose(audit::ForwardClose {
-                        spec: description,
-                        reason: "cancelled (-O cancel)".into(),
-                    }));
-                ServerMessage::Ok { rid }
+            Decided::Refused(outcome) => {
+                self.refused(rid, &outcome).await?;
+                return Ok(Flow::Next);
             }
-            Err(reason) => ServerMessage::Failure { rid, reason },
+            Decided::Done(Ok(())) => ServerMessage::Ok { rid },
+            Decided::Done(Err(reason)) => ServerMessage::Failure { rid, reason },
         };
-        master.recount_active();
         self.writer.send(&reply).await?;
         Ok(Flow::Next)
     }
@@ -519,6 +468,95 @@ impl Connection<'_> {
             .await?;
         Ok(Flow::Next)
     }
+}
+
+/// What became of a request the policy decides before the master acts.
+pub(super) enum Decided<T> {
+    /// Not allowed; the outcome says why.
+    Refused(Outcome),
+    /// Allowed and carried out, with this result.
+    Done(T),
+}
+
+/// Opens a forward for `requester` if the policy allows it: decided as its
+/// kind (`forward-local`, `-remote`, `-dynamic`), audited (the request, its
+/// decision and, once it listens, `forward_open`). Shared by `-O forward`
+/// and a session's `~C` command line.
+pub(super) async fn open_forward(
+    master: &Arc<MasterState>,
+    requester: &Requester,
+    spec: wire::ForwardSpec,
+) -> Decided<OpenResult> {
+    let description = forward::describe_spec(&spec);
+    let asked = Asked {
+        kind: forward_kind(&spec),
+        command: Some(&description),
+        local_port: forward::local_tcp_port(&spec),
+    };
+    let (outcome, request_id) = requester
+        .decide_asked(master, &asked, audited_forward(&spec))
+        .await;
+    if !outcome.is_allow() {
+        return Decided::Refused(outcome);
+    }
+    let opened = master
+        .forwards
+        .open(spec, &master.upstream, &master.remote_routes)
+        .await;
+    if !matches!(opened, OpenResult::Failed(_)) {
+        master
+            .audit
+            .record(audit::Event::ForwardOpen(audit::ForwardOpen {
+                client: requester.client_id,
+                request: request_id,
+                spec: description,
+            }));
+    }
+    master.recount_active();
+    Decided::Done(opened)
+}
+
+/// Cancels the open forward `spec` (an exact match) for `requester` if the
+/// policy allows it. Cancelling is control of the master, as `-O exit` is:
+/// a rule for opening forwards does not cover it. `how` (`-O cancel`,
+/// `~C`) goes into the `forward_close` record's reason. Shared by
+/// `-O cancel` and a session's `~C` command line.
+pub(super) async fn cancel_forward(
+    master: &Arc<MasterState>,
+    requester: &Requester,
+    spec: &wire::ForwardSpec,
+    how: &str,
+) -> Decided<Result<(), String>> {
+    let description = forward::describe_spec(spec);
+    let outcome = requester
+        .decide(
+            master,
+            RequestKind::Control,
+            Some("cancel"),
+            audit::RequestKind::Control {
+                operation: audit::ControlOperation::CancelForward,
+                forward: Some(description.clone()),
+            },
+        )
+        .await
+        .0;
+    if !outcome.is_allow() {
+        return Decided::Refused(outcome);
+    }
+    let closed = master
+        .forwards
+        .close(spec, &master.upstream, &master.remote_routes)
+        .await;
+    if closed.is_ok() {
+        master
+            .audit
+            .record(audit::Event::ForwardClose(audit::ForwardClose {
+                spec: description,
+                reason: format!("cancelled ({how})"),
+            }));
+    }
+    master.recount_active();
+    Decided::Done(closed)
 }
 
 /// The audit record of a session's end.

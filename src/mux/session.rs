@@ -19,10 +19,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::master::MasterState;
-use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered};
+use crate::mux::cmdline::{self, Command};
+use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered, Local};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
 use crate::mux::passed_fd::{InputSource, OutputSink, PassedFd};
-use crate::mux::server;
+use crate::mux::requests::{self, Decided};
+use crate::mux::server::{self, Requester};
 use crate::mux::wire::{self, ServerMessage, SessionRequest};
 use crate::spill::SpillBuffer;
 use crate::upstream::lanes::ChannelClass;
@@ -71,6 +73,8 @@ pub struct SessionStart<'a> {
     pub control: ControlWriter,
     pub reader: &'a mut ControlReader,
     pub master: Arc<MasterState>,
+    /// Who opened the session: `~C` requests are decided as theirs.
+    pub requester: Arc<Requester>,
     pub traffic: Arc<Traffic>,
 }
 
@@ -94,6 +98,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         control,
         reader,
         master,
+        requester,
         traffic,
     } = start;
     let mut fds = fds.into_iter();
@@ -188,7 +193,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         session_id,
         vec![Arc::clone(&stdout_queue), Arc::clone(&stderr_queue)],
     );
-    let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<EscapeAction>();
+    let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<Local>();
     let escape = if request.want_tty {
         EscapeFilter::from_wire(request.escape_char)
     } else {
@@ -210,6 +215,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         escape_char: request.escape_char as u8,
         control,
         master,
+        requester,
         connection,
         traffic,
         upstream_tx,
@@ -226,7 +232,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
                 Ok(false) if answer_stray_request(reader, &live.control).await => None,
                 _ => Some(SessionEnd::ClientGone),
             },
-            Some(action) = escape_rx.recv() => live.on_escape(action).await,
+            Some(local) = escape_rx.recv() => live.on_local(local).await,
             Ok(()) = winch.changed() => {
                 if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(ttymodes::window_size) {
                     let _ = live.upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
@@ -335,6 +341,7 @@ struct Live {
     escape_char: u8,
     control: ControlWriter,
     master: Arc<MasterState>,
+    requester: Arc<Requester>,
     /// The upstream connection the channel runs on (for `~R`).
     connection: Arc<russh::client::Handle<crate::upstream::connect::ClientHandler>>,
     traffic: Arc<Traffic>,
@@ -420,6 +427,50 @@ impl Live {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// What the master handles itself of the user's typing. Returns how
+    /// the session ended, if it did.
+    async fn on_local(&mut self, local: Local) -> Option<SessionEnd> {
+        match local {
+            Local::Action(action) => return self.on_escape(action).await,
+            Local::Echo(text) => {
+                self.stderr_queue.push(Bytes::from(text));
+            }
+            Local::CommandLine(line) => self.on_command_line(&line),
+        }
+        None
+    }
+
+    /// A finished `~C` line. Help and mistakes are answered at once; a
+    /// forward request is decided and carried out in a task of its own, so
+    /// that a decision that waits for the person (a prompt) never stops
+    /// this session's output, and its answer follows on stderr.
+    fn on_command_line(&mut self, line: &str) {
+        let command = match cmdline::parse(line) {
+            Ok(Command::Nothing) => return,
+            Ok(Command::Help) => {
+                self.stderr_queue.push(Bytes::from(cmdline::help_text()));
+                return;
+            }
+            Ok(command) => command,
+            Err(e) => {
+                self.stderr_queue.push(Bytes::from(format!("{e}\r\n")));
+                return;
+            }
+        };
+        use crate::audit::chain::{Escape, Event};
+        self.master.audit.record(Event::Escape(Escape {
+            session: u64::from(self.session_id),
+            sequence: format!("{}C", char::from(self.escape_char)),
+        }));
+        let master = Arc::clone(&self.master);
+        let requester = Arc::clone(&self.requester);
+        let stderr = Arc::clone(&self.stderr_queue);
+        tokio::spawn(async move {
+            let answer = carry_out(&master, &requester, command).await;
+            stderr.push(Bytes::from(answer));
+        });
+    }
+
     /// An escape the user typed. Returns how the session ended, if it did.
     async fn on_escape(&mut self, action: EscapeAction) -> Option<SessionEnd> {
         let echo = action.echo_text(self.escape_char);
@@ -450,6 +501,30 @@ impl Live {
             EscapeAction::Help | EscapeAction::NotAvailable(_) => {}
         }
         None
+    }
+}
+
+/// Carries out a `~C` forward request as `-O forward` / `-O cancel` would,
+/// and returns what to tell the user.
+async fn carry_out(master: &Arc<MasterState>, requester: &Requester, command: Command) -> String {
+    match command {
+        Command::Open(spec) => {
+            match requests::open_forward(master, requester, spec.clone()).await {
+                Decided::Refused(outcome) => cmdline::refused_text(&outcome),
+                Decided::Done(result) => cmdline::opened_text(&spec, &result),
+            }
+        }
+        Command::Cancel(cancel) => {
+            // ssh's command line names a forward by its listening side.
+            let Some(spec) = master.forwards.find_listening(cancel.kind, &cancel.listen) else {
+                return cmdline::UNKNOWN_FORWARD.to_string();
+            };
+            match requests::cancel_forward(master, requester, &spec, "~C").await {
+                Decided::Refused(outcome) => cmdline::refused_text(&outcome),
+                Decided::Done(result) => cmdline::cancelled_text(&result),
+            }
+        }
+        Command::Nothing | Command::Help => String::new(),
     }
 }
 
@@ -553,7 +628,7 @@ fn spawn_input(
     mut escape: Option<EscapeFilter>,
     pace: Option<Arc<Uplink>>,
     upstream: Arc<russh::ChannelWriteHalf<Msg>>,
-    actions: mpsc::UnboundedSender<EscapeAction>,
+    actions: mpsc::UnboundedSender<Local>,
     traffic: Arc<Traffic>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -588,9 +663,9 @@ fn spawn_input(
                             return;
                         }
                     }
-                    Filtered::Action(action) => {
-                        let terminate = matches!(action, EscapeAction::Terminate);
-                        let _ = actions.send(action);
+                    Filtered::Local(local) => {
+                        let terminate = local == Local::Action(EscapeAction::Terminate);
+                        let _ = actions.send(local);
                         if terminate {
                             // Hold stdin until the session task tears down.
                             std::future::pending::<()>().await;

@@ -555,6 +555,19 @@ impl Forwards {
             .collect()
     }
 
+    /// The open forward of `kind` that listens on `listen`, as ssh's `~C`
+    /// command line names one to cancel (`-KL [bind:]port`, no target). No
+    /// bind address and `localhost` both mean loopback; a remote forward
+    /// opened on port 0 is named by the port the server allocated.
+    pub fn find_listening(&self, kind: ForwardKind, listen: &Endpoint) -> Option<ForwardSpec> {
+        self.active
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|f| f.spec.kind == kind && listens_on(f, listen))
+            .map(|f| f.spec.clone())
+    }
+
     /// OPEN_FWD. Validation follows OpenSSH's master: anything it calls an
     /// invalid forwarding request gets that same reason.
     pub async fn open(
@@ -779,6 +792,29 @@ impl Forwards {
     }
 }
 
+/// Whether `forward` listens on `listen` as a cancel names it (see
+/// [`Forwards::find_listening`]).
+fn listens_on(forward: &ActiveForward, listen: &Endpoint) -> bool {
+    let loopback = |host: &str| if host.is_empty() { "localhost" } else { host }.to_string();
+    match (&forward.spec.listen, listen) {
+        (Endpoint::Unix { path }, Endpoint::Unix { path: named }) => path == named,
+        (
+            Endpoint::Tcp { host, port },
+            Endpoint::Tcp {
+                host: named_host,
+                port: named,
+            },
+        ) => {
+            let allocated = match (&forward.remote_listen, *port) {
+                (Some(Endpoint::Tcp { port: bound, .. }), 0) => Some(*bound),
+                _ => None,
+            };
+            loopback(host) == loopback(named_host) && (port == named || allocated == Some(*named))
+        }
+        _ => false,
+    }
+}
+
 /// Aborts a task when dropped.
 pub struct AbortOnDrop(pub AbortHandle);
 
@@ -944,13 +980,7 @@ pub fn describe_spec(spec: &ForwardSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tcp(host: &str, port: u16) -> Endpoint {
-        Endpoint::Tcp {
-            host: host.into(),
-            port,
-        }
-    }
+    use crate::endpoint::tcp;
 
     #[test]
     fn validation_matches_openssh() {
@@ -983,6 +1013,65 @@ mod tests {
         assert_eq!(routes.tcp_target("x", 9), None);
         routes.remove(&tcp("localhost", 4000));
         assert_eq!(routes.tcp_target("127.0.0.1", 4000), None);
+    }
+
+    #[test]
+    fn cancels_find_forwards_by_kind_and_listening_side() {
+        let forward = |kind, listen, remote_listen| ActiveForward {
+            spec: ForwardSpec {
+                kind,
+                listen,
+                connect: tcp("target", 1),
+            },
+            remote_listen,
+            listener: None,
+            socket_file: None,
+        };
+        let forwards = Forwards::default();
+        forwards.active.lock().unwrap().extend([
+            forward(ForwardKind::Local, tcp("", 8080), None),
+            forward(ForwardKind::Dynamic, tcp("127.0.0.1", 1080), None),
+            forward(
+                ForwardKind::Remote,
+                tcp("", 0),
+                Some(tcp("localhost", 40000)),
+            ),
+            forward(
+                ForwardKind::Local,
+                Endpoint::Unix {
+                    path: "/tmp/l.sock".into(),
+                },
+                None,
+            ),
+        ]);
+        let found = |kind, listen: Endpoint| {
+            forwards
+                .find_listening(kind, &listen)
+                .map(|spec| (spec.kind, spec.listen))
+        };
+        let local = Some((ForwardKind::Local, tcp("", 8080)));
+        assert_eq!(found(ForwardKind::Local, tcp("", 8080)), local);
+        assert_eq!(found(ForwardKind::Local, tcp("localhost", 8080)), local);
+        assert_eq!(found(ForwardKind::Local, tcp("127.0.0.1", 8080)), None);
+        assert_eq!(found(ForwardKind::Local, tcp("", 8081)), None);
+        assert_eq!(found(ForwardKind::Dynamic, tcp("", 8080)), None);
+        assert_eq!(
+            found(ForwardKind::Dynamic, tcp("127.0.0.1", 1080)),
+            Some((ForwardKind::Dynamic, tcp("127.0.0.1", 1080)))
+        );
+        // The port the server allocated for `-R 0:…` names that forward.
+        assert_eq!(
+            found(ForwardKind::Remote, tcp("", 40000)),
+            Some((ForwardKind::Remote, tcp("", 0)))
+        );
+        assert_eq!(found(ForwardKind::Local, tcp("", 40000)), None);
+        let socket = Endpoint::Unix {
+            path: "/tmp/l.sock".into(),
+        };
+        assert_eq!(
+            found(ForwardKind::Local, socket.clone()),
+            Some((ForwardKind::Local, socket))
+        );
     }
 
     #[test]

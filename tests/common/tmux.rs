@@ -71,9 +71,10 @@ impl<'a> Tmux<'a> {
         assert!(found, "timed out waiting for {what}; screen:\n{screen}");
     }
 
-    /// Types `text` literally (no key names).
+    /// Types `text` literally (no key names, and text starting with `-` is
+    /// not taken for an option).
     pub fn type_text(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", SESSION, "-l", text]);
+        self.tmux(&["send-keys", "-t", SESSION, "-l", "--", text]);
     }
 
     /// Presses Enter.
