@@ -97,7 +97,7 @@ impl AuditLog {
     /// The master's writer thread appends decisions with
     /// [`append_within`](Self::append_within) and syncs them with
     /// [`sync`](Self::sync), once for all that arrived together (see
-    /// `Recorder::record_then_sync`); this one-call form serves the tests
+    /// `Recorder::record_durably`); this one-call form serves the tests
     /// of concurrent durable writers.
     ///
     /// If the write succeeds but the sync fails, the record is in the file

@@ -1,13 +1,12 @@
 //! The master's side of the audit log: one stream per master, records
-//! written as things happen, and decisions written durably before the
-//! session they allow starts.
+//! written as things happen, and decisions written before what they allow
+//! starts and on disk before anything flows through it.
 //!
 //! Fail closed: when a decision cannot be recorded (disk full, log
 //! unwritable, log never opened), the request is denied with that reason,
 //! unless the policy says `audit_failure = "allow"`. Other records are best
 //! effort and a failure is logged.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -38,9 +37,9 @@ enum Job {
     Append {
         event: Event,
         queued: Instant,
-        /// For a record something waits on: the outcome of its append and
-        /// of the `fdatasync` after it.
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        /// For a record something waits on: where the outcomes of its
+        /// append and of the `fdatasync` after it go.
+        done: Option<Waiters>,
     },
     Stop {
         reason: String,
@@ -84,27 +83,26 @@ impl Recorder {
     }
 
     /// Queues `event`, in order with every other record, and returns the
-    /// wait for it to be written and reach the disk, so that the caller
-    /// can do preparatory work meanwhile and await it before what the
-    /// record allows. `Err` at once if it cannot even be queued.
-    pub fn record_then_sync(
-        &self,
-        event: Event,
-    ) -> Result<impl Future<Output = Result<(), String>> + Send + 'static, String> {
-        let (done, synced) = oneshot::channel();
-        self.enqueue(event, Some(done))?;
-        Ok(async move {
-            synced
-                .await
-                .unwrap_or_else(|_| Err("the audit writer stopped".into()))
+    /// waits for it to be in the file and then on disk, so that the caller
+    /// can do preparatory work meanwhile and await each before what it
+    /// guards. `Err` at once if it cannot even be queued.
+    pub fn record_durably(&self, event: Event) -> Result<PendingRecord, String> {
+        let (written_tx, written) = oneshot::channel();
+        let (synced_tx, synced) = oneshot::channel();
+        self.enqueue(
+            event,
+            Some(Waiters {
+                written: written_tx,
+                synced: synced_tx,
+            }),
+        )?;
+        Ok(PendingRecord {
+            written: Some(written),
+            synced,
         })
     }
 
-    fn enqueue(
-        &self,
-        event: Event,
-        done: Option<oneshot::Sender<Result<(), String>>>,
-    ) -> Result<(), String> {
+    fn enqueue(&self, event: Event, done: Option<Waiters>) -> Result<(), String> {
         if *self.stopped.lock().expect("not poisoned") {
             return Err("the master has stopped".into());
         }
@@ -146,8 +144,42 @@ impl Recorder {
     }
 }
 
+type Outcome = Result<(), String>;
+
 /// Where a waited-on record's fate goes.
-type Waiter = oneshot::Sender<Result<(), String>>;
+struct Waiters {
+    written: oneshot::Sender<Outcome>,
+    synced: oneshot::Sender<Outcome>,
+}
+
+/// A record on its way to the disk (see [`Recorder::record_durably`]).
+pub struct PendingRecord {
+    /// `None` once awaited.
+    written: Option<oneshot::Receiver<Outcome>>,
+    synced: oneshot::Receiver<Outcome>,
+}
+
+impl PendingRecord {
+    /// Completes once the record is in the file: from then on it outlives
+    /// the master (killed or crashed), though not yet a crash of the
+    /// machine.
+    pub async fn written(&mut self) -> Outcome {
+        match self.written.take() {
+            Some(written) => written.await.unwrap_or_else(|_| writer_stopped()),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes once the record is on disk (`fdatasync`).
+    pub async fn synced(mut self) -> Outcome {
+        self.written().await?;
+        self.synced.await.unwrap_or_else(|_| writer_stopped())
+    }
+}
+
+fn writer_stopped() -> Outcome {
+    Err("the audit writer stopped".into())
+}
 
 /// Records written after one that waits for the disk, before the sync
 /// that then covers them all, at most.
@@ -175,8 +207,13 @@ fn write_jobs(mut log: AuditLog, journal: Option<Journal>, queue: mpsc::Receiver
                 } => {
                     let written =
                         append(&mut log, journal.as_ref(), &event, queued, done.is_none());
-                    if let Some(done) = done {
-                        waiting.push((done, written));
+                    if let Some(Waiters {
+                        written: tell,
+                        synced,
+                    }) = done
+                    {
+                        let _ = tell.send(written.clone());
+                        waiting.push((synced, written));
                     }
                 }
                 Job::Stop { reason, done } => {
@@ -225,7 +262,7 @@ fn append(
 
 /// Syncs the file once for every waiting record that was written, and
 /// tells each waiter its record's fate.
-fn answer_after_sync(log: &AuditLog, waiting: Vec<(Waiter, Result<(), String>)>) {
+fn answer_after_sync(log: &AuditLog, waiting: Vec<(oneshot::Sender<Outcome>, Outcome)>) {
     if waiting.is_empty() {
         return;
     }
@@ -269,12 +306,13 @@ mod tests {
             if session % 3 == 0 {
                 recorder.record(escape(session));
             } else {
-                waits.push(recorder.record_then_sync(escape(session)).unwrap());
+                waits.push(recorder.record_durably(escape(session)).unwrap());
             }
         }
         rt.block_on(async {
-            for wait in waits {
-                wait.await.unwrap();
+            for mut wait in waits {
+                wait.written().await.unwrap();
+                wait.synced().await.unwrap();
             }
         });
         recorder.stop("test over");

@@ -135,9 +135,9 @@ impl Connection<'_> {
             command: (!request.command.is_empty()).then_some(request.command.as_str()),
             local_port: None,
         };
-        // The decision's sync to disk runs while the channel opens; the
-        // session awaits it before the command is started.
-        let (outcome, request_id, decision_synced) = self
+        // The decision record goes to disk while the session is set up;
+        // the session waits for it as `session::run` says.
+        let (outcome, request_id, decision_record) = self
             .requester
             .decide_deferred(master, &asked, audited_session(&request))
             .await;
@@ -187,7 +187,7 @@ impl Connection<'_> {
         let outcome = session::run(SessionStart {
             rid,
             session_id,
-            decision_synced,
+            decision_record,
             request,
             fds,
             control: self.writer.clone(),

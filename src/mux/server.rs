@@ -20,6 +20,7 @@ use crate::access::decide::{self, Asked, Outcome, PeerIdentity, Prompting};
 use crate::access::peer::Peer;
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
+use crate::audit::recorder::PendingRecord;
 use crate::master::MasterState;
 
 /// Serves one accepted control connection until it ends.
@@ -134,9 +135,9 @@ impl Requester {
         asked: &Asked<'_>,
         audited: audit::RequestKind,
     ) -> (Outcome, u64) {
-        let (outcome, request, synced) = self.decide_deferred(master, asked, audited).await;
-        let outcome = match synced {
-            Some(synced) => settle(master, outcome, synced.await),
+        let (outcome, request, record) = self.decide_deferred(master, asked, audited).await;
+        let outcome = match record {
+            Some(record) => settle(master, outcome, record.synced().await),
             None => outcome,
         };
         self.log_outcome(asked, &outcome);
@@ -144,16 +145,17 @@ impl Requester {
     }
 
     /// Decides, and appends the decision record. For an allowed request the
-    /// record's sync to disk is returned to be awaited before what it allows
-    /// starts (sessions open their channel meanwhile); otherwise it has
-    /// already been awaited and applied: an unwritable log turns the
-    /// outcome into a denial unless the policy says `audit_failure = allow`.
+    /// record is returned on its way to the disk, for the caller to await
+    /// before what it allows (see `mux::session::run` for what a session
+    /// does meanwhile); otherwise it has already been awaited and applied:
+    /// an unwritable log turns the outcome into a denial unless the policy
+    /// says `audit_failure = allow`.
     pub(super) async fn decide_deferred(
         &self,
         master: &MasterState,
         asked: &Asked<'_>,
         audited: audit::RequestKind,
-    ) -> (Outcome, u64, Option<DecisionSync>) {
+    ) -> (Outcome, u64, Option<PendingRecord>) {
         let request = master.next_request_id();
         master.audit.record(audit::Event::Request(audit::Request {
             client: self.client_id,
@@ -189,10 +191,14 @@ impl Requester {
             decided_by: outcome.reason().to_string(),
             rule: decided.rule,
         });
-        match master.audit.record_then_sync(record) {
+        match master.audit.record_durably(record) {
             Err(e) => (settle(master, outcome, Err(e)), request, None),
-            Ok(synced) if outcome.is_allow() => (outcome, request, Some(Box::pin(synced))),
-            Ok(synced) => (settle(master, outcome, synced.await), request, None),
+            Ok(pending) if outcome.is_allow() => (outcome, request, Some(pending)),
+            Ok(pending) => (
+                settle(master, outcome, pending.synced().await),
+                request,
+                None,
+            ),
         }
     }
 
@@ -223,10 +229,6 @@ impl Requester {
         }
     }
 }
-
-/// The wait for a decision record to reach the disk.
-pub(crate) type DecisionSync =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// Applies the fate of a decision's record to its outcome: a decision that
 /// could not be recorded allows nothing when the policy fails closed.

@@ -65,9 +65,10 @@ pub enum SessionEnd {
 pub struct SessionStart<'a> {
     pub rid: u32,
     pub session_id: u32,
-    /// The decision record's way to the disk: awaited before the command
-    /// starts (`None`: already on disk).
-    pub decision_synced: Option<crate::mux::server::DecisionSync>,
+    /// The decision record on its way to the disk (`None`: already there):
+    /// in the file before the command is asked for, on disk before its
+    /// input or output flows.
+    pub decision_record: Option<crate::audit::recorder::PendingRecord>,
     pub request: SessionRequest,
     pub fds: Vec<PassedFd>,
     pub control: ControlWriter,
@@ -92,7 +93,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let SessionStart {
         rid,
         session_id,
-        decision_synced,
+        decision_record,
         request,
         fds,
         control,
@@ -137,9 +138,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
 
     // Past this point the session is open from the client's point of view,
     // as with OpenSSH's master, which answers once the channel is open and
-    // before the server has accepted the command. What remains before the
-    // command starts (the decision's sync) overlaps the client's and our
-    // own setting up of the session's streams.
+    // before the server has accepted the command.
     if control
         .send(&ServerMessage::SessionOpened { rid, session_id })
         .await
@@ -153,20 +152,29 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let (stderr_queue, stderr_writer) =
         spawn_output(stderr, &master, format!("session {session_id} stderr"));
 
-    // Nothing runs on the server before the decision is on disk.
-    let unstarted = match decision_synced {
-        Some(synced) => server::refusal_if_unrecorded(&master, synced.await)
+    // The decision is in the log file before the command is asked for, and
+    // on disk before a byte flows between the command and the client: its
+    // fdatasync overlaps the start request's round trip.
+    let mut decision = decision_record;
+    let refused = match decision.as_mut() {
+        Some(record) => server::refusal_if_unrecorded(&master, record.written().await)
             .map(|reason| server::denial_text(&reason)),
         None => None,
     };
-    let unstarted = match unstarted {
+    let refused = match refused {
         Some(text) => Some(text),
         None => request_start(&channel, &request, &mut pending)
             .await
             .err()
             .map(|e| Bytes::from(format!("muxguard: the server refused the session: {e}\r\n"))),
     };
-    if let Some(text) = unstarted {
+    let refused = match (refused, decision) {
+        (Some(text), _) => Some(text),
+        (None, Some(record)) => server::refusal_if_unrecorded(&master, record.synced().await)
+            .map(|reason| server::denial_text(&format!("{reason}; the command was stopped"))),
+        (None, None) => None,
+    };
+    if let Some(text) = refused {
         let _ = channel.close().await;
         stderr_queue.push(text);
         stdout_queue.close();
