@@ -67,6 +67,14 @@ mkdir -p "$root/DEBIAN" "$root/usr/bin" "$root/usr/share/man/man1" \
     "$root/usr/share/fish/vendor_completions.d" "$doc/examples" "$doc/docs"
 
 install -m 0755 "$bin" "$root/usr/bin/muxguard"
+# The release profile keeps debug info (for perf and backtraces); an
+# installed binary does not need it (Debian policy: binaries are stripped).
+# strip comes with binutils, which the Rust toolchain's linker needs anyway.
+if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug --remove-section=.comment "$root/usr/bin/muxguard"
+else
+    echo "build-deb.sh: strip (binutils) is missing: the packaged binary keeps its debug info" >&2
+fi
 
 "$bin" man --dir "$root/usr/share/man/man1" >/dev/null
 # -n: no name or time stamp in the gzip header, so the same pages give the
@@ -82,6 +90,18 @@ gzip -9n "$root"/usr/share/man/man1/*.1
 cp "$repo/README.md" "$repo/SECURITY.md" "$doc/"
 cp "$repo"/docs/*.md "$doc/docs/"
 cp "$repo"/policy/*.toml "$doc/examples/"
+# A package's own changelog (Debian policy 12.7). One entry for the version
+# built, dated by the last commit so that the same tree gives the same file;
+# the project's history is its git log.
+changelog_date=$(git -C "$repo" log -1 --format=%cD 2>/dev/null || date -R)
+cat >"$doc/changelog.Debian" <<EOF
+muxguard ($version) unstable; urgency=medium
+
+  * Built from the muxguard source tree (see its version history).
+
+ -- $maintainer_name <$maintainer_mail>  $changelog_date
+EOF
+gzip -9n "$doc/changelog.Debian"
 cat >"$doc/copyright" <<'EOF'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: muxguard

@@ -102,6 +102,7 @@ fn the_debian_package_installs_a_working_muxguard() {
         "/usr/share/zsh/vendor-completions/_muxguard",
         "/usr/share/fish/vendor_completions.d/muxguard.fish",
         "/usr/share/doc/muxguard/copyright",
+        "/usr/share/doc/muxguard/changelog.Debian.gz",
         "/usr/share/doc/muxguard/README.md",
         "/usr/share/doc/muxguard/SECURITY.md",
         "/usr/share/doc/muxguard/docs/architecture.md",
@@ -148,6 +149,36 @@ fn the_debian_package_installs_a_working_muxguard() {
             .starts_with(&format!("muxguard {version} (")),
         "{version_out:#?}"
     );
+
+    // Stripped: the build's DWARF sections stay out of the package (the
+    // build script strips when binutils is there, as it is wherever cargo
+    // links; readelf comes with it).
+    if have("strip") && have("readelf") {
+        let sections = run(Command::new("readelf")
+            .args(["-S", "-W"])
+            .arg(file("/usr/bin/muxguard")));
+        sections.assert_success("readelf -S on the packaged binary");
+        for dwarf in [".debug_info", ".debug_line", ".debug_str"] {
+            assert!(
+                !sections.stdout.contains(dwarf),
+                "the packaged binary keeps {dwarf}:\n{}",
+                sections.stdout
+            );
+        }
+    }
+
+    let changelog = run(Command::new("gzip")
+        .arg("-dc")
+        .arg(file("/usr/share/doc/muxguard/changelog.Debian.gz")));
+    changelog.assert_success("gzip -dc changelog.Debian.gz");
+    assert!(
+        changelog
+            .stdout
+            .starts_with(&format!("muxguard ({version}) unstable; urgency=medium\n")),
+        "{}",
+        changelog.stdout
+    );
+    assert!(changelog.stdout.contains("\n -- "), "{}", changelog.stdout);
 
     let page = run(Command::new("gzip")
         .arg("-dc")
