@@ -34,7 +34,7 @@ impl Unit for char {
 }
 
 /// How one kind of pattern is matched.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules<T: 'static> {
     /// Host names: ASCII case does not matter, as in DNS.
     pub ignore_ascii_case: bool,
@@ -67,7 +67,7 @@ enum Token<T> {
 }
 
 /// A compiled pattern.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob<T: 'static> {
     tokens: Vec<Token<T>>,
     rules: Rules<T>,

@@ -72,6 +72,9 @@ pub struct HostPattern {
     negated: bool,
     /// Lowercased, because OpenSSH compares host names case-insensitively.
     glob: String,
+    /// `glob` compiled once, as a line is matched against every name that
+    /// is looked up.
+    compiled: crate::glob::Glob<u8>,
 }
 
 impl HostPattern {
@@ -81,9 +84,11 @@ impl HostPattern {
             Some(rest) => (true, rest),
             None => (false, text),
         };
+        let glob = glob.to_ascii_lowercase();
         HostPattern {
             negated,
-            glob: glob.to_ascii_lowercase(),
+            compiled: crate::glob::Glob::new(glob.as_bytes(), crate::glob::Rules::PLAIN),
+            glob,
         }
     }
 
@@ -103,7 +108,7 @@ impl HostPattern {
     /// ignored).  Negation is not applied here: see [`HostPatterns::matches`].
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn matches(&self, name: &str) -> bool {
-        crate::glob::ssh_match(self.glob.as_bytes(), name.to_ascii_lowercase().as_bytes())
+        self.compiled.matches(name.to_ascii_lowercase().as_bytes())
     }
 }
 
@@ -209,7 +214,7 @@ impl HostPatterns {
                     if pattern.glob.len() >= MAX_SUBPATTERN_LEN {
                         return false;
                     }
-                    if crate::glob::ssh_match(pattern.glob.as_bytes(), name.as_bytes()) {
+                    if pattern.compiled.matches(name.as_bytes()) {
                         if pattern.negated {
                             return false;
                         }
