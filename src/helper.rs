@@ -153,7 +153,7 @@ pub fn links(pids: &[u32]) -> Vec<ProcLinks> {
 fn read_links(pid: u32) -> ProcLinks {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     ProcLinks {
-        start_time: crate::access::peer::read_start_time(pid),
+        start_time: crate::procfs::read_start_time(pid),
         exe: std::fs::read_link(dir.join("exe")).ok(),
         cwd: std::fs::read_link(dir.join("cwd")).ok(),
     }

@@ -26,6 +26,7 @@ pub(crate) mod master;
 pub(crate) mod mux;
 pub(crate) mod paths;
 pub(crate) mod policy_cmd;
+pub(crate) mod procfs;
 pub(crate) mod prompt;
 pub(crate) mod proxy;
 pub(crate) mod sandbox;

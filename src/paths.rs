@@ -30,6 +30,11 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
+/// Where each running master notes its control socket, for `muxguard ls`.
+pub fn registry_dir() -> PathBuf {
+    runtime_dir().join("masters")
+}
+
 /// `$XDG_CONFIG_HOME/muxguard`, default `~/.config/muxguard`.
 pub fn config_dir() -> PathBuf {
     match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {

@@ -68,7 +68,7 @@ impl Inputs {
         let inputs = Inputs {
             control_path: control_path.to_owned(),
             spool_dir: state_dir.join("spool"),
-            registry_dir: crate::status::registry_dir(),
+            registry_dir: crate::paths::registry_dir(),
             state_dir,
             audit_path: audit_path.to_owned(),
             policy_files,

@@ -78,11 +78,6 @@ fn read_packet(stream: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Where each running master notes its control socket, for `muxguard ls`.
-pub fn registry_dir() -> std::path::PathBuf {
-    crate::paths::runtime_dir().join("masters")
-}
-
 /// Notes this master in the registry; the entry goes when the guard drops.
 pub struct Registration {
     file: std::path::PathBuf,
@@ -90,7 +85,7 @@ pub struct Registration {
 
 impl Registration {
     pub fn register(control_path: &Path, destination: &str) -> Option<Registration> {
-        let dir = registry_dir();
+        let dir = crate::paths::registry_dir();
         crate::paths::ensure_private_dir(&dir).ok()?;
         let file = dir.join(std::process::id().to_string());
         std::fs::write(
@@ -111,7 +106,7 @@ impl Drop for Registration {
 /// `muxguard ls`: every live master of this user, with its status.
 pub fn list() -> anyhow::Result<ExitCode> {
     let mut found = 0;
-    let entries = match std::fs::read_dir(registry_dir()) {
+    let entries = match std::fs::read_dir(crate::paths::registry_dir()) {
         Ok(entries) => entries.flatten().collect::<Vec<_>>(),
         Err(_) => Vec::new(),
     };
