@@ -19,8 +19,9 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         args.policy.system_policy.clone(),
         args.policy.user_policy.clone(),
     ))?;
-    let control_path = master::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
-    if let Some(pid) = master::check_control_path(&control_path)? {
+    let control_path =
+        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    if let Some(pid) = crate::mux::probe::check_control_path(&control_path)? {
         eprintln!(
             "muxguard: a master for {} is already running (pid {pid}) on {}",
             args.ssh.destination,

@@ -16,8 +16,8 @@ use std::time::Duration;
 use crate::cli::EnsureArgs;
 use crate::config::{self, NESTED_ENV};
 use crate::daemon::{self, Started};
-use crate::master;
-use crate::paths::{self, Existing};
+use crate::mux::probe::{self, Existing};
+use crate::paths;
 
 pub fn run(args: EnsureArgs) -> anyhow::Result<ExitCode> {
     if std::env::var_os(NESTED_ENV).is_some() {
@@ -29,16 +29,17 @@ pub fn run(args: EnsureArgs) -> anyhow::Result<ExitCode> {
     // another live master or at nothing; either way ssh still works.
     let cache = CacheEntry::new(&args);
     if let Some(path) = cache.as_ref().and_then(CacheEntry::load)
-        && let Existing::Live { .. } = paths::probe(&path, Duration::from_secs(2))
+        && let Existing::Live { .. } = probe::probe(&path, Duration::from_secs(2))
     {
         return Ok(ExitCode::SUCCESS);
     }
     let host = config::resolve(&args.ssh)?;
-    let control_path = master::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    let control_path =
+        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
     if let Some(cache) = &cache {
         cache.store(&control_path);
     }
-    if let Existing::Live { .. } = paths::probe(&control_path, Duration::from_secs(2)) {
+    if let Existing::Live { .. } = probe::probe(&control_path, Duration::from_secs(2)) {
         return Ok(ExitCode::SUCCESS);
     }
     let mut connect_args: Vec<OsString> = vec!["--control-path".into(), control_path.into()];

@@ -28,11 +28,11 @@ pub(crate) mod paths;
 pub(crate) mod policy_cmd;
 pub(crate) mod procfs;
 pub(crate) mod prompt;
-pub(crate) mod proxy;
 pub(crate) mod sandbox;
 pub(crate) mod sandbox_cmd;
 pub(crate) mod setup;
 pub(crate) mod spill;
+pub(crate) mod state;
 pub(crate) mod status;
 pub(crate) mod upstream;
 
@@ -107,8 +107,8 @@ fn init_logging(verbose: u8, foreground: bool) {
 pub mod fuzzing {
     pub use crate::access::policy;
     pub use crate::audit::{chain, table};
+    pub use crate::mux::proxy::packet;
     pub use crate::mux::wire;
-    pub use crate::proxy::packet;
     pub use crate::upstream::known_hosts;
 }
 

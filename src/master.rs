@@ -9,15 +9,13 @@
 //! runtime without the blocking pool), so that the sandbox added later can
 //! be applied while the process still has a single thread.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use russh::client::Handle;
+use anyhow::Context;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -32,254 +30,17 @@ use crate::config::{HostConfig, Persist};
 use crate::mux::limits::{
     AcceptBackoff, Admission, ConnectionLimit, ConnectionSlot, RefusalLog, Report, default_cap,
 };
-use crate::paths::{self, Existing};
-use crate::prompt::{PromptMemory, Prompter};
+use crate::mux::probe::{self, Existing};
+use crate::paths;
+use crate::prompt::Prompter;
 use crate::sandbox;
-use crate::spill::{SpillBuffer, SpillLimits};
-use crate::upstream::connect::{self, ClientHandler};
-use crate::upstream::forward::{Forwards, RemoteRoutes};
+use crate::spill::SpillLimits;
+use crate::state::{MasterState, Parts};
+use crate::upstream::connect;
+use crate::upstream::forward::RemoteRoutes;
 
 /// How often the lock state is looked at while answers are remembered.
 const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
-/// State shared by every control connection of one master.
-pub struct MasterState {
-    pub config: HostConfig,
-    pub upstream: Arc<Handle<ClientHandler>>,
-    /// Becomes `Some(reason)` when the upstream connection is gone.
-    pub upstream_closed: watch::Receiver<connect::ClosedReason>,
-    /// Bumped on every SIGWINCH; tty sessions re-read their window size.
-    pub winch: watch::Sender<u64>,
-    /// Becomes `Some(reason)` when the master is shutting down.
-    pub shutdown: watch::Sender<Option<String>>,
-    listening: watch::Sender<bool>,
-    pub host_key_fingerprint: String,
-    pub peer_address: std::net::SocketAddr,
-    pub started: Instant,
-    pub hardening: crate::sandbox::Report,
-    pub policy: PolicyStore,
-    pub audit: Arc<Recorder>,
-    next_request: AtomicU64,
-    pub prompter: Prompter,
-    pub prompts: PromptMemory,
-    pub forwards: Forwards,
-    pub remote_routes: Arc<RemoteRoutes>,
-    /// Buffering limits for output a client has not read yet.
-    pub spill_limits: Arc<SpillLimits>,
-    /// More connections to the server when it refuses more sessions.
-    pub overflow: crate::upstream::overflow::Overflow,
-    next_session: AtomicU32,
-    sessions: Mutex<BTreeMap<u32, SessionInfo>>,
-    /// The number of live sessions, watched by the persistence timer.
-    active: watch::Sender<usize>,
-}
-
-struct SessionInfo {
-    description: String,
-    started: Instant,
-    /// The session's output buffers, for `~#` (memory, disk, paused).
-    buffers: Vec<Arc<SpillBuffer>>,
-    /// Bytes each way so far, for `~#` and status.
-    traffic: Option<Arc<crate::mux::session::Traffic>>,
-}
-
-/// Removes a session from the registry when it ends, however it ends.
-pub struct SessionGuard {
-    master: Arc<MasterState>,
-    id: u32,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.master
-            .sessions
-            .lock()
-            .expect("not poisoned")
-            .remove(&self.id);
-        self.master.active.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-impl MasterState {
-    pub fn next_session_id(&self) -> u32 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn register_session(self: &Arc<Self>, id: u32, description: String) -> SessionGuard {
-        self.sessions.lock().expect("not poisoned").insert(
-            id,
-            SessionInfo {
-                description,
-                started: Instant::now(),
-                buffers: Vec::new(),
-                traffic: None,
-            },
-        );
-        self.recount_active();
-        SessionGuard {
-            master: Arc::clone(self),
-            id,
-        }
-    }
-
-    pub fn next_request_id(&self) -> u64 {
-        self.next_request.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether a decision that cannot be audited must be refused (the
-    /// default; `audit_failure = "allow"` in the policy says otherwise).
-    pub fn audit_failure_denies(&self) -> bool {
-        match self.policy.current() {
-            Ok(policy) => {
-                policy.settings().audit_failure != crate::access::policy::AuditFailure::Allow
-            }
-            Err(_) => true,
-        }
-    }
-
-    /// `-O conninfo`: the connection this master holds.
-    pub fn describe_connection(&self) -> String {
-        format!(
-            "muxguard master pid {} (up {}s)\nhardening: {}\nconnected to {}@{} port {} ({}), host key {}\n",
-            std::process::id(),
-            self.started.elapsed().as_secs(),
-            self.hardening,
-            self.config.user,
-            self.config.hostname,
-            self.config.port,
-            self.peer_address,
-            self.host_key_fingerprint
-        )
-    }
-
-    /// `muxguard status`: connection, sessions, forwards, remembered answers.
-    pub fn describe_status(&self) -> String {
-        let mut text = self.describe_connection();
-        text.push_str(&self.overflow.describe());
-        text.push_str(&self.describe_sessions().replace("\r\n", "\n"));
-        let remembered = self.prompts.remembered();
-        if remembered.is_empty() {
-            text.push_str("No remembered answers.\n");
-        } else {
-            text.push_str("Remembered answers:\n");
-            for (key, seconds) in remembered {
-                text.push_str(&format!(
-                    "  {} by {} on {}: allowed for {}s more\n",
-                    key.kind,
-                    crate::prompt::one_line(&key.requester.anchor.to_string()),
-                    key.host,
-                    seconds
-                ));
-            }
-        }
-        text
-    }
-
-    /// Lets `~#` show a session's output buffers.
-    pub fn attach_buffers(&self, id: u32, buffers: Vec<Arc<SpillBuffer>>) {
-        if let Some(info) = self.sessions.lock().expect("not poisoned").get_mut(&id) {
-            info.buffers = buffers;
-        }
-    }
-
-    /// Lets `~#` and status show a session's byte counts.
-    pub fn attach_traffic(&self, id: u32, traffic: Arc<crate::mux::session::Traffic>) {
-        if let Some(info) = self.sessions.lock().expect("not poisoned").get_mut(&id) {
-            info.traffic = Some(traffic);
-        }
-    }
-
-    /// Recounts what keeps the master busy (sessions and forwards) for
-    /// persistence; call after either changes.
-    pub fn recount_active(&self) {
-        let busy = self.sessions.lock().expect("not poisoned").len() + self.forwards.count();
-        self.active
-            .send_if_modified(|n| std::mem::replace(n, busy) != busy);
-    }
-
-    pub fn accepting_sessions(&self) -> bool {
-        self.shutdown.borrow().is_none()
-    }
-
-    pub fn shutdown(&self, reason: &str) {
-        self.shutdown.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason.to_string());
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Why the upstream connection ended, waiting briefly for the reason
-    /// when a channel has noticed first.
-    pub async fn connection_lost_reason(&self) -> String {
-        let mut closed = self.upstream_closed.clone();
-        let reason =
-            tokio::time::timeout(Duration::from_millis(200), closed.wait_for(|r| r.is_some()))
-                .await
-                .ok()
-                .and_then(|r| r.ok().and_then(|r| r.clone()))
-                .unwrap_or_else(|| "connection lost".into());
-        format!("connection to {} closed: {reason}", self.config.hostname)
-    }
-
-    pub fn stop_listening(&self) {
-        self.listening.send_replace(false);
-    }
-
-    /// The `~#` listing: every open session of this master.
-    pub fn describe_sessions(&self) -> String {
-        let sessions = self.sessions.lock().expect("not poisoned");
-        let mut text = format!(
-            "The following connections are open (muxguard master pid {}, {}@{}):\r\n",
-            std::process::id(),
-            self.config.user,
-            self.config.hostname
-        );
-        for (id, info) in sessions.iter() {
-            // Client-supplied text (commands, subsystem names, socket
-            // paths) goes to other people's terminals: escaped visibly.
-            text.push_str(&format!(
-                "  #{id} {} (open {}s",
-                crate::prompt::one_line(&info.description),
-                info.started.elapsed().as_secs()
-            ));
-            if let Some(traffic) = &info.traffic {
-                text.push_str(&format!(
-                    ", {} bytes out, {} bytes in",
-                    traffic.to_server.load(Ordering::Relaxed),
-                    traffic.to_client.load(Ordering::Relaxed)
-                ));
-            }
-            text.push(')');
-            for buffer in &info.buffers {
-                let (memory, disk, paused) = buffer.usage();
-                // Less than a KiB in memory is output on its way, not a
-                // reader that stopped.
-                if memory >= 1024 || disk > 0 || paused {
-                    text.push_str(&format!(
-                        ", {} waiting for the client: {} KiB in memory, {} KiB on disk{}",
-                        buffer.name(),
-                        memory >> 10,
-                        disk >> 10,
-                        if paused {
-                            ", PAUSED (buffer caps reached)"
-                        } else {
-                            ""
-                        }
-                    ));
-                }
-            }
-            text.push_str("\r\n");
-        }
-        for forward in self.forwards.describe() {
-            text.push_str(&format!("  {}\r\n", crate::prompt::one_line(&forward)));
-        }
-        text
-    }
-}
 
 /// Run once the control socket is live (daemon mode detaches there).
 pub type ReadyHook = Box<dyn FnOnce(&Path) -> anyhow::Result<()>>;
@@ -363,50 +124,6 @@ pub fn sandbox_inputs(
         vec![paths.system.clone(), paths.user.clone()],
         forward_ports,
     )
-}
-
-/// Picks the control path: the flag, then ssh's ControlPath, then
-/// `$XDG_RUNTIME_DIR/muxguard/%C` (expanded by ssh itself).
-pub fn choose_control_path(
-    flag: Option<PathBuf>,
-    config: &HostConfig,
-    options: &crate::config::SshOptions,
-) -> anyhow::Result<PathBuf> {
-    if let Some(path) = flag {
-        return Ok(path);
-    }
-    if let Some(path) = &config.control_path {
-        return Ok(path.clone());
-    }
-    let template = paths::runtime_dir().join("%C");
-    let resolved =
-        crate::config::resolve_with(options, &[format!("ControlPath={}", template.display())])?;
-    resolved
-        .control_path
-        .context("ssh did not expand the default control path")
-}
-
-/// Checks the control path and what is already there. `Ok(Some(pid))`: a
-/// live master already serves it.
-pub fn check_control_path(path: &Path) -> anyhow::Result<Option<u32>> {
-    paths::check_path_length(path)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    paths::ensure_private_dir(dir)?;
-    match paths::probe(path, Duration::from_secs(2)) {
-        Existing::Nothing | Existing::Stale => Ok(None),
-        Existing::Live { pid } => Ok(Some(pid)),
-        Existing::Unresponsive => bail!(
-            "{} exists and accepts connections but does not answer like a master; not replacing it",
-            path.display()
-        ),
-        Existing::NotASocket => bail!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        ),
-    }
 }
 
 /// Why the master stopped.
@@ -516,33 +233,23 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
         Arc::clone(&remote_routes),
     );
     let (shutdown, _) = watch::channel(None);
-    let (listening, _) = watch::channel(true);
-    let (active, _) = watch::channel(0usize);
     let (winch, _) = watch::channel(0u64);
-    let master = Arc::new(MasterState {
+    let master = Arc::new(MasterState::new(Parts {
         config,
         upstream: Arc::clone(&upstream.handle),
         upstream_closed: upstream.closed.clone(),
         winch,
         shutdown,
-        listening,
         host_key_fingerprint: upstream.host_key_fingerprint.clone(),
         peer_address: upstream.peer,
-        started: Instant::now(),
         hardening: hardening.clone(),
         policy,
         audit,
-        next_request: AtomicU64::new(1),
         prompter,
-        prompts: PromptMemory::default(),
-        forwards: Forwards::default(),
         overflow,
         spill_limits,
         remote_routes,
-        next_session: AtomicU32::new(1),
-        sessions: Mutex::new(BTreeMap::new()),
-        active,
-    });
+    }));
 
     on_ready(&control_path)?;
     let _registration = crate::status::Registration::register(&control_path, &master.config.alias);
@@ -574,9 +281,8 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     master.audit.stop(&reason.text);
     // Give sessions a moment to tell their clients why, then go. Forwards
     // have nobody to tell: they are not waited for.
-    let mut active = master.active.subscribe();
-    let sessions_gone =
-        active.wait_for(|_| master.sessions.lock().expect("not poisoned").is_empty());
+    let mut active = master.subscribe_active();
+    let sessions_gone = active.wait_for(|_| !master.has_sessions());
     let _ = tokio::time::timeout(Duration::from_secs(2), sessions_gone).await;
     let _ = upstream
         .handle
@@ -600,9 +306,9 @@ async fn serve(
 ) -> StopReason {
     let my_uid = rustix::process::getuid().as_raw();
     let mut listener = Some(listener);
-    let mut listening = master.listening.subscribe();
+    let mut listening = master.subscribe_listening();
     let mut shutdown = master.shutdown.subscribe();
-    let mut active = master.active.subscribe();
+    let mut active = master.subscribe_active();
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sigint = signal(SignalKind::interrupt()).ok();
     let mut sighup = signal(SignalKind::hangup()).ok();
@@ -920,7 +626,7 @@ impl ControlSocket {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket()
-                && paths::probe(path, Duration::from_secs(2)) == Existing::Stale
+                && probe::probe(path, Duration::from_secs(2)) == Existing::Stale
             {
                 warn!("replacing stale control socket {}", path.display());
                 let _ = std::fs::remove_file(path);

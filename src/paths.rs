@@ -1,16 +1,12 @@
-//! Where muxguard keeps things (XDG directories) and the safety rules for
-//! the control socket's path: a short enough name, a private directory, and
-//! a probe that tells a live master from a stale socket.
+//! Where muxguard keeps things (XDG directories), which control path a
+//! host's master uses, and the safety rules for that path: a short enough
+//! name and a private directory. (What is at the path, a live master or a
+//! stale socket, is `mux::probe`.)
 
-use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::bail;
-
-use crate::mux::wire::{self, ServerMessage};
 
 /// `sun_path` on Linux holds 108 bytes including the terminating NUL.
 pub const SUN_PATH_MAX: usize = 107;
@@ -33,6 +29,27 @@ pub fn runtime_dir() -> PathBuf {
 /// Where each running master notes its control socket, for `muxguard ls`.
 pub fn registry_dir() -> PathBuf {
     runtime_dir().join("masters")
+}
+
+/// Picks the control path: the flag, then ssh's ControlPath, then
+/// `$XDG_RUNTIME_DIR/muxguard/%C` (expanded by ssh itself).
+pub fn choose_control_path(
+    flag: Option<PathBuf>,
+    config: &crate::config::HostConfig,
+    options: &crate::config::SshOptions,
+) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path);
+    }
+    if let Some(path) = &config.control_path {
+        return Ok(path.clone());
+    }
+    let template = runtime_dir().join("%C");
+    let resolved =
+        crate::config::resolve_with(options, &[format!("ControlPath={}", template.display())])?;
+    resolved
+        .control_path
+        .ok_or_else(|| anyhow::anyhow!("ssh did not expand the default control path"))
 }
 
 /// `$XDG_CONFIG_HOME/muxguard`, default `~/.config/muxguard`.
@@ -138,68 +155,6 @@ pub fn check_path_length(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What is at a control path right now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Existing {
-    Nothing,
-    /// A socket nobody listens on: safe to replace.
-    Stale,
-    /// A master answered with this pid.
-    Live {
-        pid: u32,
-    },
-    /// Something accepted the connection but did not answer like a master:
-    /// never replaced, since it may be a live master that is busy.
-    Unresponsive,
-    NotASocket,
-}
-
-/// Looks at what is at `path` (connect, HELLO, ALIVE_CHECK).
-pub fn probe(path: &Path, timeout: Duration) -> Existing {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Err(_) => return Existing::Nothing,
-        Ok(meta) if !meta.file_type().is_socket() => return Existing::NotASocket,
-        Ok(_) => {}
-    }
-    let mut stream = match UnixStream::connect(path) {
-        Ok(stream) => stream,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Existing::Stale,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Existing::Nothing,
-        Err(_) => return Existing::Unresponsive,
-    };
-    match alive_check(&mut stream, timeout) {
-        Some(pid) if pid > 1 => Existing::Live { pid },
-        _ => Existing::Unresponsive,
-    }
-}
-
-fn alive_check(stream: &mut UnixStream, timeout: Duration) -> Option<u32> {
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    let mut request = ServerMessage::Hello { extensions: vec![] }.encode();
-    // ALIVE_CHECK rid 0; the client side of the protocol, spelled out.
-    request.extend_from_slice(&8u32.to_be_bytes());
-    request.extend_from_slice(&wire::msg::C_ALIVE_CHECK.to_be_bytes());
-    request.extend_from_slice(&0u32.to_be_bytes());
-    stream.write_all(&request).ok()?;
-    let mut hello = [0u8; 12];
-    stream.read_exact(&mut hello).ok()?;
-    if hello[4..8] != wire::msg::HELLO.to_be_bytes() {
-        return None;
-    }
-    let hello_len = u32::from_be_bytes(hello[..4].try_into().ok()?) as usize;
-    // Skip any HELLO extensions.
-    let mut rest = vec![0u8; hello_len.checked_sub(8)?];
-    stream.read_exact(&mut rest).ok()?;
-    let mut alive = [0u8; 16];
-    stream.read_exact(&mut alive).ok()?;
-    if alive[4..8] != wire::msg::S_ALIVE.to_be_bytes() {
-        return None;
-    }
-    Some(u32::from_be_bytes(alive[12..16].try_into().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,17 +205,5 @@ mod tests {
         // The rest of the way (the system's temporary directory and /) is
         // open on any usable system.
         assert_eq!(first_closed_directory(&socket), None);
-    }
-
-    #[test]
-    fn probe_tells_stale_from_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sock");
-        assert_eq!(probe(&path, Duration::from_secs(1)), Existing::Nothing);
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert_eq!(probe(&path, Duration::from_secs(1)), Existing::Stale);
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, b"").unwrap();
-        assert_eq!(probe(&path, Duration::from_secs(1)), Existing::NotASocket);
     }
 }

@@ -19,7 +19,8 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         args.policy.system_policy.clone(),
         args.policy.user_policy.clone(),
     ))?;
-    let control_path = master::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    let control_path =
+        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
     let audit_path = master::audit_path(args.audit_log.clone(), &policy);
     let plan = Plan::for_master(&master::sandbox_inputs(
         &host,

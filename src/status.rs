@@ -18,7 +18,7 @@ pub fn run(args: StatusArgs, request: &str) -> anyhow::Result<ExitCode> {
         Some(path) => path.clone(),
         None => {
             let host = crate::config::resolve(&args.ssh)?;
-            crate::master::choose_control_path(None, &host, &args.ssh)?
+            crate::paths::choose_control_path(None, &host, &args.ssh)?
         }
     };
     let text = ask_master(&control_path, request)?;
@@ -119,8 +119,8 @@ pub fn list() -> anyhow::Result<ExitCode> {
             continue;
         };
         let pid = entry.file_name().to_string_lossy().into_owned();
-        match crate::paths::probe(Path::new(path), Duration::from_secs(2)) {
-            crate::paths::Existing::Live { pid: live } if live.to_string() == pid => {
+        match crate::mux::probe::probe(Path::new(path), Duration::from_secs(2)) {
+            crate::mux::probe::Existing::Live { pid: live } if live.to_string() == pid => {
                 found += 1;
                 println!("{destination} (pid {pid}, {path})");
                 match ask_master(Path::new(path), "muxguard-status") {

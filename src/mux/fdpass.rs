@@ -35,7 +35,7 @@ pub enum ReadError {
     #[error("read error: {0}")]
     Io(#[from] io::Error),
     #[error("malformed proxy packet: {0}")]
-    Proxy(#[from] crate::proxy::packet::PacketError),
+    Proxy(#[from] crate::mux::proxy::packet::PacketError),
 }
 
 /// At most this many descriptors are accepted with any one byte; more than a
@@ -88,7 +88,7 @@ impl ControlReader {
             Err(ReadError::Closed) => return Ok(None),
             Err(e) => return Err(e),
         }
-        let len = crate::proxy::packet::check_length(u32::from_be_bytes(len))?;
+        let len = crate::mux::proxy::packet::check_length(u32::from_be_bytes(len))?;
         let mut body = vec![0u8; len];
         match self.read_exact(&mut body).await {
             Err(ReadError::Closed) => Err(ReadError::TruncatedPacket),

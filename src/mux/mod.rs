@@ -5,6 +5,8 @@ pub mod escape;
 pub mod fdpass;
 pub mod limits;
 pub mod passed_fd;
+pub mod probe;
+pub mod proxy;
 mod requests;
 pub mod server;
 pub mod session;

@@ -13,9 +13,10 @@ use super::wire::{self, ClientMessage, ServerMessage};
 use crate::access::decide::{Asked, Outcome};
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
-use crate::master::MasterState;
-use crate::mux::session::{self, SessionEnd, SessionOpenError, SessionStart, Traffic};
+use crate::mux::session::{self, SessionEnd, SessionOpenError, SessionStart};
 use crate::spill::SpillBuffer;
+use crate::state::MasterState;
+use crate::state::Traffic;
 use crate::upstream::forward::{self, OpenResult};
 
 /// What the connection does after a request.
@@ -407,7 +408,7 @@ impl Connection<'_> {
         info!(client = self.client_id(), "proxy mode");
         // The connection speaks SSH packets from now on; it ends with the
         // proxy.
-        let served = crate::proxy::serve(
+        let served = crate::mux::proxy::serve(
             self.reader,
             self.writer.clone(),
             Arc::clone(self.master),
@@ -416,7 +417,7 @@ impl Connection<'_> {
         .await;
         match served {
             Ok(()) => Ok(Flow::Close),
-            Err(crate::proxy::ProxyError::Read(e)) => Err(e.into()),
+            Err(crate::mux::proxy::ProxyError::Read(e)) => Err(e.into()),
             Err(e) => Err(CloseReason::Proxy(e)),
         }
     }

@@ -21,7 +21,7 @@ use crate::access::peer::Peer;
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
 use crate::audit::recorder::PendingRecord;
-use crate::master::MasterState;
+use crate::state::MasterState;
 
 /// Serves one accepted control connection until it ends.
 pub async fn serve_connection(
@@ -100,7 +100,7 @@ pub(crate) enum CloseReason {
     #[error("write failed: {0}")]
     Write(#[from] std::io::Error),
     #[error("{0}")]
-    Proxy(crate::proxy::ProxyError),
+    Proxy(crate::mux::proxy::ProxyError),
 }
 
 /// Who is on this control connection.

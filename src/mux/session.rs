@@ -9,7 +9,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,6 @@ use russh::client::Msg;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::master::MasterState;
 use crate::mux::cmdline::{self, Command};
 use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered, Local};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
@@ -27,21 +26,13 @@ use crate::mux::requests::{self, Decided};
 use crate::mux::server::{self, Requester};
 use crate::mux::wire::{self, ServerMessage, SessionRequest};
 use crate::spill::SpillBuffer;
+use crate::state::{MasterState, Traffic};
 use crate::upstream::lanes::ChannelClass;
 use crate::upstream::ttymodes;
 use crate::upstream::uplink::Uplink;
 
 /// Input is read in chunks of at most one SSH packet's worth.
 const READ_CHUNK: usize = 32 * 1024;
-
-/// Bytes each way, for the audit log.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// From the server to the client (output).
-    pub to_client: AtomicU64,
-    /// From the client to the server (input).
-    pub to_server: AtomicU64,
-}
 
 /// How a session ended, for logs.
 #[derive(Debug)]

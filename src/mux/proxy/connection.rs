@@ -19,10 +19,10 @@ use super::channel::{self, ChannelStart, ClientWindow, Context, Event, Op, Upstr
 use super::packet::{self, ClientPacket, GlobalRequest, OpenKind, ServerPacket, open_failure};
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
-use crate::master::MasterState;
 use crate::mux::fdpass::{ControlReader, ControlWriter, ReadError};
 use crate::mux::server::Requester;
 use crate::mux::wire::Endpoint;
+use crate::state::MasterState;
 use crate::upstream::forward::{AbortOnDrop, InboundOpen, ProxyRoute};
 
 /// Why a proxy connection was closed by us.

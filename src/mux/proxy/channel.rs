@@ -30,10 +30,10 @@ use super::packet::{ChannelRequest, OpenKind, ServerPacket, ServerRequest, open_
 use crate::access::decide::Outcome;
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
-use crate::master::MasterState;
 use crate::mux::server::Requester;
-use crate::mux::session::Traffic;
 use crate::spill::SpillBuffer;
+use crate::state::MasterState;
+use crate::state::Traffic;
 
 /// The window we grant the client per channel, as OpenSSH's client grants
 /// its server (2 MiB).
@@ -264,7 +264,7 @@ struct SessionSetup {
 struct StartedSession {
     session: u32,
     started: std::time::Instant,
-    _guard: crate::master::SessionGuard,
+    _guard: crate::state::SessionGuard,
 }
 
 /// Opens the upstream channel (or accepts the server's) and tells the
