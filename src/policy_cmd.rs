@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use crate::access::decide::{PeerIdentity, PolicyPaths};
-use crate::access::policy::{self, Destination, PeerAccount, Request, RequestKind};
+use crate::access::policy::{Destination, PeerAccount, Request, RequestKind};
+use crate::access::policy_file;
 use crate::cli::{ExplainArgs, PolicyCommand};
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -19,7 +20,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             };
             let mut ok = true;
             for target in targets {
-                match policy::load_optional(&target) {
+                match policy_file::load_optional(&target) {
                     Ok(Some(loaded)) => {
                         println!(
                             "{}: valid ({} rules)",

@@ -134,3 +134,49 @@ fn a_cycle_is_found_when_there_is_one() {
     );
     assert_eq!(cycle_from("d", &graph), None);
 }
+
+/// The pure cores: codecs, parsers and matchers that are unit-tested and
+/// fuzzed without a file system or a network.
+const PURE_CORES: &[&str] = &[
+    "mux/wire.rs",
+    "mux/cmdline.rs",
+    "mux/escape.rs",
+    "mux/proxy/packet.rs",
+    "access/policy.rs",
+    "audit/chain.rs",
+    "upstream/known_hosts/mod.rs",
+    "upstream/lanes.rs",
+    "upstream/pacing.rs",
+    "endpoint.rs",
+    "glob.rs",
+];
+
+#[test]
+fn the_pure_cores_do_no_io() {
+    let io = [
+        "std::fs",
+        "std::net",
+        "std::process",
+        "std::env",
+        "tokio::",
+        "File::",
+        "/dev/",
+        "rustix::",
+    ];
+    for core in PURE_CORES {
+        let text = std::fs::read_to_string(Path::new(SRC).join(core)).expect("a pure core");
+        // Their unit tests may use the file system.
+        let code = match text.find("mod tests {") {
+            Some(at) => &text[..text[..at].rfind("#[cfg(test)]").unwrap_or(at)],
+            None => text.as_str(),
+        };
+        for (number, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            if let Some(what) = io.iter().find(|what| line.contains(*what)) {
+                panic!("src/{core}:{}: {what} in a pure core: {line}", number + 1);
+            }
+        }
+    }
+}

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use super::peer::Peer;
 use super::policy::DecidedBy;
-use super::policy::{self, Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
+use super::policy::{Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
+use super::policy_file;
 use crate::audit::chain::{DecisionSource, RuleRef};
 use crate::config::HostConfig;
 use crate::prompt::text::shown;
@@ -43,7 +44,7 @@ impl PolicyPaths {
     /// Loads both files; a missing file is fine, anything else an error
     /// naming file, line, column and reason.
     pub fn load(&self) -> Result<PolicySet, String> {
-        let load = |path: &Path| policy::load_optional(path).map_err(|e| e.to_string());
+        let load = |path: &Path| policy_file::load_optional(path).map_err(|e| e.to_string());
         Ok(PolicySet {
             system: load(&self.system)?,
             user: load(&self.user)?,

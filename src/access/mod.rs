@@ -4,3 +4,4 @@
 pub mod decide;
 pub mod peer;
 pub mod policy;
+pub mod policy_file;
