@@ -18,6 +18,7 @@ use russh::client::Msg;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::audit::recorder::PendingRecord;
 use crate::mux::cmdline::{self, Command};
 use crate::mux::escape::{EscapeAction, EscapeFilter, Filtered, Local};
 use crate::mux::fdpass::{ControlReader, ControlWriter};
@@ -138,43 +139,14 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         let _ = channel.close().await;
         return Ok(SessionEnd::ClientGone);
     }
-    let (stdout_queue, stdout_writer) =
-        spawn_output(stdout, &master, format!("session {session_id} stdout"));
-    let (stderr_queue, stderr_writer) =
-        spawn_output(stderr, &master, format!("session {session_id} stderr"));
+    let outputs = Outputs::start(stdout, stderr, &master, session_id);
 
-    // The decision is in the log file before the command is asked for, and
-    // on disk before a byte flows between the command and the client: its
-    // fdatasync overlaps the start request's round trip.
-    let mut decision = decision_record;
-    let refused = match decision.as_mut() {
-        Some(record) => server::refusal_if_unrecorded(&master, record.written().await)
-            .map(|reason| server::denial_text(&reason)),
-        None => None,
-    };
-    let refused = match refused {
-        Some(text) => Some(text),
-        None => request_start(&channel, &request, &mut pending)
-            .await
-            .err()
-            .map(|e| Bytes::from(format!("muxguard: the server refused the session: {e}\r\n"))),
-    };
-    let refused = match (refused, decision) {
-        (Some(text), _) => Some(text),
-        (None, Some(record)) => server::refusal_if_unrecorded(&master, record.synced().await)
-            .map(|reason| server::denial_text(&format!("{reason}; the command was stopped"))),
-        (None, None) => None,
-    };
-    if let Some(text) = refused {
+    if let Some(text) =
+        start_command(&channel, &request, &master, decision_record, &mut pending).await
+    {
         let _ = channel.close().await;
-        stderr_queue.push(text);
-        stdout_queue.close();
-        stderr_queue.close();
-        let flush = async {
-            let _ = stdout_writer.await;
-            let _ = stderr_writer.await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+        outputs.stderr.push(text);
+        outputs.finish(Some(Duration::from_secs(2))).await;
         let _ = control
             .send(&ServerMessage::ExitMessage {
                 session_id,
@@ -183,14 +155,13 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             .await;
         return Err(SessionOpenError::Answered);
     }
-
     drop(warm_refill);
 
     let (mut upstream_rx, upstream_tx) = channel.split();
     let upstream_tx = Arc::new(upstream_tx);
     master.attach_buffers(
         session_id,
-        vec![Arc::clone(&stdout_queue), Arc::clone(&stderr_queue)],
+        vec![Arc::clone(&outputs.stdout), Arc::clone(&outputs.stderr)],
     );
     let (escape_tx, mut escape_rx) = mpsc::unbounded_channel::<Local>();
     let escape = if request.want_tty {
@@ -207,8 +178,6 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         Arc::clone(&traffic),
     );
 
-    let mut winch = master.winch.subscribe();
-    let mut shutdown = master.shutdown.subscribe();
     let mut live = Live {
         session_id,
         escape_char: request.escape_char as u8,
@@ -218,48 +187,22 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         connection,
         traffic,
         upstream_tx,
-        stdout_queue,
-        stderr_queue,
+        stdout_queue: Arc::clone(&outputs.stdout),
+        stderr_queue: Arc::clone(&outputs.stderr),
         pending,
         exit_status: None,
         exit_signal: None,
     };
-    let end = loop {
-        let ended = tokio::select! {
-            message = upstream_rx.wait() => live.on_upstream(message).await,
-            closed = reader.peer_closed_or_readable() => match closed {
-                Ok(false) if answer_stray_request(reader, &live.control).await => None,
-                _ => Some(SessionEnd::ClientGone),
-            },
-            Some(local) = escape_rx.recv() => live.on_local(local).await,
-            Ok(()) = winch.changed() => {
-                if let Some((cols, rows, xpixel, ypixel)) = tty_fd.as_ref().and_then(ttymodes::window_size) {
-                    let _ = live.upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
-                }
-                None
-            }
-            Ok(()) = shutdown.changed() => {
-                let reason = shutdown.borrow().clone().unwrap_or_else(|| "master shutting down".into());
-                live.stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
-                Some(SessionEnd::MasterShutdown(reason))
-            }
-        };
-        if let Some(end) = ended {
-            break end;
-        }
-    };
+    let end = live
+        .serve(&mut upstream_rx, reader, &mut escape_rx, tty_fd.as_ref())
+        .await;
 
     input.abort();
     let _ = input.await;
-    live.stdout_queue.close();
-    live.stderr_queue.close();
     match &end {
-        SessionEnd::Finished { .. } => {
-            // Deliver every byte before our copies close and the client is
-            // released: `ssh host cmd | consumer` must see all output.
-            let _ = stdout_writer.await;
-            let _ = stderr_writer.await;
-        }
+        // Deliver every byte before our copies close and the client is
+        // released: `ssh host cmd | consumer` must see all output.
+        SessionEnd::Finished { .. } => outputs.finish(None).await,
         _ => {
             let _ = live.upstream_tx.eof().await;
             let _ = live.upstream_tx.close().await;
@@ -268,14 +211,80 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
             tokio::spawn(async move { while upstream_rx.wait().await.is_some() {} });
             // Give the echo of `~.` or the shutdown reason a moment to reach
             // the terminal, but never wait on a stuck client.
-            let flush = async {
-                let _ = stdout_writer.await;
-                let _ = stderr_writer.await;
-            };
-            let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+            outputs.finish(Some(Duration::from_millis(500))).await;
         }
     }
     Ok(end)
+}
+
+/// Asks the server to start the command once the decision allowing it is
+/// in the log file, then waits for that record to reach the disk: its
+/// fdatasync overlaps the request's round trip, and nothing flows between
+/// the command and the client before it is on disk. Returns what to tell
+/// the client if the session cannot go on.
+async fn start_command(
+    channel: &russh::Channel<Msg>,
+    request: &SessionRequest,
+    master: &MasterState,
+    decision: Option<PendingRecord>,
+    pending: &mut std::collections::VecDeque<Pending>,
+) -> Option<Bytes> {
+    let refused = |recorded| server::refusal_if_unrecorded(master, recorded);
+    let mut decision = decision;
+    if let Some(record) = decision.as_mut()
+        && let Some(reason) = refused(record.written().await)
+    {
+        return Some(server::denial_text(&reason));
+    }
+    if let Err(e) = request_start(channel, request, pending).await {
+        return Some(Bytes::from(format!(
+            "muxguard: the server refused the session: {e}\r\n"
+        )));
+    }
+    let reason = refused(decision?.synced().await)?;
+    Some(server::denial_text(&format!(
+        "{reason}; the command was stopped"
+    )))
+}
+
+/// The session's output streams and the tasks that write them to the
+/// client's descriptors.
+struct Outputs {
+    stdout: Arc<SpillBuffer>,
+    stderr: Arc<SpillBuffer>,
+    writers: [JoinHandle<()>; 2],
+}
+
+impl Outputs {
+    fn start(stdout: PassedFd, stderr: PassedFd, master: &MasterState, session_id: u32) -> Outputs {
+        let (stdout, stdout_writer) =
+            spawn_output(stdout, master, format!("session {session_id} stdout"));
+        let (stderr, stderr_writer) =
+            spawn_output(stderr, master, format!("session {session_id} stderr"));
+        Outputs {
+            stdout,
+            stderr,
+            writers: [stdout_writer, stderr_writer],
+        }
+    }
+
+    /// Ends both streams and waits for what is queued to be written: all
+    /// of it, or at most `limit`.
+    async fn finish(self, limit: Option<Duration>) {
+        self.stdout.close();
+        self.stderr.close();
+        let [stdout, stderr] = self.writers;
+        let flush = async {
+            let _ = stdout.await;
+            let _ = stderr.await;
+        };
+        match limit {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, flush).await;
+            }
+            None => flush.await,
+        }
+    }
 }
 
 /// The channel requests before the command: pty (with the client
@@ -354,6 +363,44 @@ struct Live {
 }
 
 impl Live {
+    /// Carries the session until it ends: the server's messages, the
+    /// client's socket, what the user typed for the master, window
+    /// changes, and the master shutting down.
+    async fn serve(
+        &mut self,
+        upstream_rx: &mut russh::ChannelReadHalf,
+        reader: &mut ControlReader,
+        local_rx: &mut mpsc::UnboundedReceiver<Local>,
+        tty_fd: Option<&OwnedFd>,
+    ) -> SessionEnd {
+        let mut winch = self.master.winch.subscribe();
+        let mut shutdown = self.master.shutdown.subscribe();
+        loop {
+            let ended = tokio::select! {
+                message = upstream_rx.wait() => self.on_upstream(message).await,
+                closed = reader.peer_closed_or_readable() => match closed {
+                    Ok(false) if answer_stray_request(reader, &self.control).await => None,
+                    _ => Some(SessionEnd::ClientGone),
+                },
+                Some(local) = local_rx.recv() => self.on_local(local).await,
+                Ok(()) = winch.changed() => {
+                    if let Some((cols, rows, xpixel, ypixel)) = tty_fd.and_then(ttymodes::window_size) {
+                        let _ = self.upstream_tx.window_change(cols, rows, xpixel, ypixel).await;
+                    }
+                    None
+                }
+                Ok(()) = shutdown.changed() => {
+                    let reason = shutdown.borrow().clone().unwrap_or_else(|| "master shutting down".into());
+                    self.stderr_queue.push(Bytes::from(format!("muxguard: {reason}\r\n")));
+                    Some(SessionEnd::MasterShutdown(reason))
+                }
+            };
+            if let Some(end) = ended {
+                return end;
+            }
+        }
+    }
+
     /// A message from the server on the channel (`None`: the channel is
     /// gone). Returns how the session ended, if it did.
     async fn on_upstream(&mut self, message: Option<ChannelMsg>) -> Option<SessionEnd> {
