@@ -1181,6 +1181,14 @@ fn check_line(
 pub(crate) mod tests {
     use super::*;
 
+    /// A small record for tests of the files and streams.
+    pub(crate) fn escape(session: u64) -> Event {
+        Event::Escape(Escape {
+            session,
+            sequence: "~.".to_owned(),
+        })
+    }
+
     pub(crate) fn master_start(destination: &str) -> MasterStart {
         MasterStart {
             destination: destination.to_owned(),

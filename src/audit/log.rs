@@ -378,16 +378,9 @@ pub fn read_log(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::tests::master_start;
-    use crate::audit::chain::{Break, Escape, LineFault, Record, verify, verify_bytes};
+    use crate::audit::chain::tests::{escape, master_start};
+    use crate::audit::chain::{Break, LineFault, Record, verify, verify_bytes};
     use std::os::unix::fs::PermissionsExt;
-
-    fn escape(session: u64) -> Event {
-        Event::Escape(Escape {
-            session,
-            sequence: "~.".to_owned(),
-        })
-    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -280,15 +280,8 @@ fn answer_after_sync(log: &AuditLog, waiting: Vec<(oneshot::Sender<Outcome>, Out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::tests::master_start;
-    use crate::audit::chain::{Escape, verify_bytes};
-
-    fn escape(session: u64) -> Event {
-        Event::Escape(Escape {
-            session,
-            sequence: "~.".to_owned(),
-        })
-    }
+    use crate::audit::chain::tests::{escape, master_start};
+    use crate::audit::chain::verify_bytes;
 
     /// Decisions queued together, between best-effort records, are each
     /// answered once they are written; the file holds every record, once,
