@@ -5,22 +5,18 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use crate::access::decide::{PolicyPaths, PolicyStore};
 use crate::cli::ConnectArgs;
-use crate::config::{self, Persist};
+use crate::config::Persist;
 use crate::daemon::{self, Started};
 use crate::master::{self, MasterOptions};
 use crate::paths;
 
 pub fn run(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    let host = config::resolve(&args.ssh)?;
-    // An invalid policy stops us before anything else happens.
-    let policy = PolicyStore::open(PolicyPaths::resolve(
-        args.policy.system_policy.clone(),
-        args.policy.user_policy.clone(),
-    ))?;
-    let control_path =
-        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    let master::Resolved {
+        host,
+        policy,
+        control_path,
+    } = master::resolve(&args.ssh, &args.policy, args.control_path.clone())?;
     if let Some(pid) = crate::mux::probe::check_control_path(&control_path)? {
         eprintln!(
             "muxguard: a master for {} is already running (pid {pid}) on {}",

@@ -66,6 +66,35 @@ pub struct MasterOptions {
     pub on_ready: ReadyHook,
 }
 
+/// What a master for one destination is made from, as `muxguard connect`
+/// and `muxguard sandbox` resolve it.
+pub struct Resolved {
+    /// The host's settings, from `ssh -G`.
+    pub host: HostConfig,
+    pub policy: PolicyStore,
+    pub control_path: PathBuf,
+}
+
+/// Resolves the host's settings, loads the policy (an invalid one stops us
+/// before anything else happens) and picks the control path.
+pub fn resolve(
+    ssh: &crate::config::SshOptions,
+    policy: &crate::cli::PolicyFiles,
+    control_path: Option<PathBuf>,
+) -> anyhow::Result<Resolved> {
+    let host = crate::config::resolve(ssh)?;
+    let policy = PolicyStore::open(decide::PolicyPaths::resolve(
+        policy.system_policy.clone(),
+        policy.user_policy.clone(),
+    ))?;
+    let control_path = paths::choose_control_path(control_path, &host, ssh)?;
+    Ok(Resolved {
+        host,
+        policy,
+        control_path,
+    })
+}
+
 /// Where the audit log goes: `--audit-log`, else the policy's `audit_log`,
 /// else the default in the state directory.
 pub fn audit_path(flag: Option<PathBuf>, policy: &PolicyStore) -> PathBuf {

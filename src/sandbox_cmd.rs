@@ -8,19 +8,16 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use crate::access::decide::{PolicyPaths, PolicyStore};
 use crate::cli::SandboxArgs;
 use crate::master;
 use crate::sandbox::{self, Plan};
 
 pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    let host = crate::config::resolve(&args.ssh)?;
-    let policy = PolicyStore::open(PolicyPaths::resolve(
-        args.policy.system_policy.clone(),
-        args.policy.user_policy.clone(),
-    ))?;
-    let control_path =
-        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    let master::Resolved {
+        host,
+        policy,
+        control_path,
+    } = master::resolve(&args.ssh, &args.policy, args.control_path.clone())?;
     let audit_path = master::audit_path(args.audit_log.clone(), &policy);
     let plan = Plan::for_master(&master::sandbox_inputs(
         &host,
