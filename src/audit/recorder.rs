@@ -8,8 +8,8 @@
 //! effort and a failure is logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -28,7 +28,7 @@ const BACKLOG: usize = 4096;
 pub struct Recorder {
     path: PathBuf,
     /// `Err` keeps why the log could not be opened, for every refusal.
-    writer: Result<SyncSender<Job>, String>,
+    writer: Result<SyncSender<Job>, RecordError>,
     /// Set once the stop record is written; the stream ends there.
     stopped: Mutex<bool>,
 }
@@ -51,8 +51,7 @@ impl Recorder {
     /// Opens the log, writes this master's start record, and starts the
     /// writer.
     pub fn start(path: &Path, start: MasterStart) -> Recorder {
-        let log = AuditLog::start(path, start)
-            .map_err(|e| format!("cannot write audit log {}: {e}", path.display()));
+        let log = AuditLog::start(path, start).map_err(|e| RecordError::write(path, e));
         if let Err(e) = &log {
             tracing::error!("{e}; requests that need a decision will be refused");
         }
@@ -66,7 +65,7 @@ impl Recorder {
                 .name("audit writer".into())
                 .spawn(move || write_jobs(log, journal, queue))
                 .map(|_| jobs)
-                .map_err(|e| format!("cannot start the audit writer: {e}"))
+                .map_err(|e| RecordError::NoWriter(Arc::new(e)))
         });
         Recorder {
             path: path.to_path_buf(),
@@ -86,7 +85,7 @@ impl Recorder {
     /// waits for it to be in the file and then on disk, so that the caller
     /// can do preparatory work meanwhile and await each before what it
     /// guards. `Err` at once if it cannot even be queued.
-    pub fn record_durably(&self, event: Event) -> Result<PendingRecord, String> {
+    pub fn record_durably(&self, event: Event) -> Result<PendingRecord, RecordError> {
         let (written_tx, written) = oneshot::channel();
         let (synced_tx, synced) = oneshot::channel();
         self.enqueue(
@@ -102,9 +101,9 @@ impl Recorder {
         })
     }
 
-    fn enqueue(&self, event: Event, done: Option<Waiters>) -> Result<(), String> {
+    fn enqueue(&self, event: Event, done: Option<Waiters>) -> Result<(), RecordError> {
         if *self.stopped.lock().expect("not poisoned") {
-            return Err("the master has stopped".into());
+            return Err(RecordError::MasterStopped);
         }
         let writer = self.writer.as_ref().map_err(Clone::clone)?;
         let name = event.name();
@@ -114,11 +113,11 @@ impl Recorder {
             done,
         };
         writer.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => format!(
-                "audit record {name} dropped: {BACKLOG} records already wait for {}",
-                self.path.display()
-            ),
-            TrySendError::Disconnected(_) => "the audit writer stopped".into(),
+            TrySendError::Full(_) => RecordError::Backlog {
+                name,
+                path: self.path.clone(),
+            },
+            TrySendError::Disconnected(_) => RecordError::WriterStopped,
         })
     }
 
@@ -144,7 +143,38 @@ impl Recorder {
     }
 }
 
-type Outcome = Result<(), String>;
+type Outcome = Result<(), RecordError>;
+
+/// Why a record is not in the log, or not yet on disk. A decision whose
+/// record this is refuses what it allowed unless the policy says
+/// `audit_failure = "allow"`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// Opening, locking, writing or syncing the file failed.
+    #[error("cannot write audit log {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        /// Shared: one failed sync is the answer of every record it covered.
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot start the audit writer: {0}")]
+    NoWriter(Arc<std::io::Error>),
+    #[error("audit record {name} dropped: {BACKLOG} records already wait for {}", path.display())]
+    Backlog { name: &'static str, path: PathBuf },
+    #[error("the audit writer stopped")]
+    WriterStopped,
+    #[error("the master has stopped")]
+    MasterStopped,
+}
+
+impl RecordError {
+    fn write(path: &Path, source: std::io::Error) -> RecordError {
+        RecordError::Write {
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+}
 
 /// Where a waited-on record's fate goes.
 struct Waiters {
@@ -178,7 +208,7 @@ impl PendingRecord {
 }
 
 fn writer_stopped() -> Outcome {
-    Err("the audit writer stopped".into())
+    Err(RecordError::WriterStopped)
 }
 
 /// Records written after one that waits for the disk, before the sync
@@ -241,11 +271,11 @@ fn append(
     event: &Event,
     queued: Instant,
     best_effort: bool,
-) -> Result<(), String> {
+) -> Outcome {
     let wait = LOCK_WAIT.saturating_sub(queued.elapsed());
     let written = log
         .append_within(event, wait)
-        .map_err(|e| format!("cannot write audit log {}: {e}", log.path().display()));
+        .map_err(|e| RecordError::write(log.path(), e));
     match &written {
         Ok(()) => {
             if let Some(journal) = journal {
@@ -267,8 +297,7 @@ fn answer_after_sync(log: &AuditLog, waiting: Vec<(oneshot::Sender<Outcome>, Out
         return;
     }
     let synced = if waiting.iter().any(|(_, written)| written.is_ok()) {
-        log.sync()
-            .map_err(|e| format!("cannot write audit log {}: {e}", log.path().display()))
+        log.sync().map_err(|e| RecordError::write(log.path(), e))
     } else {
         Ok(())
     };
@@ -282,6 +311,29 @@ mod tests {
     use super::*;
     use crate::audit::chain::tests::{escape, master_start};
     use crate::audit::chain::verify_bytes;
+
+    /// A log that cannot be opened refuses every waited-on record with a
+    /// reason that names the file; after stop, records are refused too.
+    #[test]
+    fn an_unopenable_log_refuses_decisions_saying_which_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("audit.jsonl");
+        let recorder = Recorder::start(&path, master_start("host"));
+        let Err(e) = recorder.record_durably(escape(1)) else {
+            panic!("a record was queued for a log that is not open")
+        };
+        assert!(matches!(e, RecordError::Write { .. }), "{e:?}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+
+        let open = Recorder::start(&dir.path().join("audit.jsonl"), master_start("host"));
+        open.stop("test over");
+        assert!(matches!(
+            open.record_durably(escape(2)),
+            Err(RecordError::MasterStopped)
+        ));
+    }
 
     /// Decisions queued together, between best-effort records, are each
     /// answered once they are written; the file holds every record, once,

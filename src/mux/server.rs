@@ -20,7 +20,7 @@ use crate::access::decide::{self, Asked, Outcome, PeerIdentity, Prompting};
 use crate::access::peer::Peer;
 use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
-use crate::audit::recorder::PendingRecord;
+use crate::audit::recorder::{PendingRecord, RecordError};
 use crate::state::MasterState;
 
 /// Serves one accepted control connection until it ends.
@@ -235,7 +235,7 @@ impl Requester {
 pub(crate) fn settle(
     master: &MasterState,
     outcome: Outcome,
-    recorded: Result<(), String>,
+    recorded: Result<(), RecordError>,
 ) -> Outcome {
     if matches!(outcome, Outcome::Deny { .. }) {
         return outcome;
@@ -251,7 +251,7 @@ pub(crate) fn settle(
 /// `None` to go on.
 pub(crate) fn refusal_if_unrecorded(
     master: &MasterState,
-    recorded: Result<(), String>,
+    recorded: Result<(), RecordError>,
 ) -> Option<String> {
     match recorded {
         Ok(()) => None,
