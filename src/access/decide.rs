@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::peer::Peer;
 use super::policy::DecidedBy;
 use super::policy::{Action, Fallback, PeerAccount, PolicySet, Request, RequestKind};
-use super::policy_file;
+use super::policy_file::{self, LoadError};
 use crate::audit::chain::{DecisionSource, RuleRef};
 use crate::config::HostConfig;
 use crate::prompt::text::shown;
@@ -43,8 +43,8 @@ impl PolicyPaths {
 
     /// Loads both files; a missing file is fine, anything else an error
     /// naming file, line, column and reason.
-    pub fn load(&self) -> Result<PolicySet, String> {
-        let load = |path: &Path| policy_file::load_optional(path).map_err(|e| e.to_string());
+    pub fn load(&self) -> Result<PolicySet, Arc<LoadError>> {
+        let load = |path: &Path| policy_file::load_optional(path).map_err(Arc::new);
         Ok(PolicySet {
             system: load(&self.system)?,
             user: load(&self.user)?,
@@ -68,7 +68,8 @@ impl Stamp {
 
 struct Loaded {
     stamps: (Stamp, Stamp),
-    policy: Result<Arc<PolicySet>, String>,
+    /// Shared: every request decided meanwhile gives the same reason.
+    policy: Result<Arc<PolicySet>, Arc<LoadError>>,
 }
 
 /// The policy as the master currently sees it.
@@ -99,7 +100,7 @@ impl PolicyStore {
 
     /// The policy in force, re-read if either file changed since last time.
     /// `Err` carries why the current files cannot be used.
-    pub fn current(&self) -> Result<Arc<PolicySet>, String> {
+    pub fn current(&self) -> Result<Arc<PolicySet>, Arc<LoadError>> {
         let stamps = (Stamp::of(&self.paths.system), Stamp::of(&self.paths.user));
         let mut loaded = self.loaded.lock().expect("not poisoned");
         if loaded.stamps != stamps {
@@ -460,7 +461,7 @@ pub fn admits(
     store: &PolicyStore,
     identity: &PeerIdentity,
     master_uid: u32,
-) -> Result<bool, String> {
+) -> Result<bool, Arc<LoadError>> {
     // The master's own uid needs no policy to get in, so that a broken
     // policy is reported on each request (and denies it) instead of
     // closing the socket, which would make the stock client connect on
@@ -529,7 +530,8 @@ mod tests {
         assert!(store.current().is_ok());
         std::fs::write(&paths.user, "[defaults]\naction = \"perhaps\"\n").unwrap();
         let error = store.current().unwrap_err();
-        assert!(error.contains("user.toml:2:"), "{error}");
+        assert!(matches!(*error, LoadError::Invalid(_)), "{error:?}");
+        assert!(error.to_string().contains("user.toml:2:"), "{error}");
         std::fs::write(&paths.user, "[defaults]\naction = \"deny\"\n").unwrap();
         assert!(store.current().is_ok());
         // Invalid at start-up: refuse to start, naming the place.
