@@ -60,7 +60,7 @@ pub struct SessionStart<'a> {
     /// The decision record on its way to the disk (`None`: already there):
     /// in the file before the command is asked for, on disk before its
     /// input or output flows.
-    pub decision_record: Option<crate::audit::recorder::PendingRecord>,
+    pub decision_record: Option<PendingRecord>,
     pub request: SessionRequest,
     pub fds: Vec<PassedFd>,
     pub control: ControlWriter,
