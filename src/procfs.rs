@@ -3,7 +3,11 @@
 //! fields. Used by the master's walk (`access::peer`) and by the proc
 //! helper (`helper`), which reads what the sandboxed master may not.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+
+use rustix::buffer::spare_capacity;
+use rustix::fs::{Mode, OFlags};
 
 pub(crate) fn read_start_time(pid: u32) -> Option<u64> {
     parse_stat(&read_proc_text(Path::new(&format!("/proc/{pid}/stat")))?).map(|s| s.start_time)
@@ -27,28 +31,64 @@ pub(crate) fn groups_of(status: &str) -> Vec<u32> {
 /// file instead of four; the walk reads three files per process on every
 /// accept.)
 pub(crate) fn read_proc_file(path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    // Not `read_to_end`, which asks for the size (statx, lseek) first.
-    let mut data = vec![0; 4096];
-    let mut len = 0;
-    loop {
-        if len == data.len() {
-            data.resize(len * 2, 0);
-        }
-        match file.read(&mut data[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    data.truncate(len);
-    Some(data)
+    let file = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    read_whole(&file)
 }
 
 pub(crate) fn read_proc_text(path: &Path) -> Option<String> {
     String::from_utf8(read_proc_file(path)?).ok()
+}
+
+/// One process's /proc directory, opened once: its files are then opened
+/// relative to it (one path walk instead of one per file), and all of them
+/// belong to the process that had the pid when the directory was opened
+/// (if it has gone since, they fail instead of describing a newcomer that
+/// reused the pid).
+pub(crate) struct ProcDir(OwnedFd);
+
+impl ProcDir {
+    pub(crate) fn open(pid: u32) -> Option<ProcDir> {
+        let path = format!("/proc/{pid}");
+        rustix::fs::open(
+            path.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .map(ProcDir)
+    }
+
+    pub(crate) fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let file = rustix::fs::openat(
+            &self.0,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        read_whole(&file)
+    }
+
+    pub(crate) fn read_text(&self, name: &str) -> Option<String> {
+        String::from_utf8(self.read(name)?).ok()
+    }
+}
+
+fn read_whole(file: &OwnedFd) -> Option<Vec<u8>> {
+    // Not `read_to_end`, which asks for the size (statx, lseek) first.
+    let mut data = Vec::with_capacity(4096);
+    loop {
+        if data.len() == data.capacity() {
+            data.reserve(data.capacity());
+        }
+        match rustix::io::read(file, spare_capacity(&mut data)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(data)
 }
 
 /// The fields of /proc/PID/stat the requester chain needs.
@@ -107,6 +147,16 @@ mod tests {
         );
         assert_eq!(tty_name(34819).as_deref(), Some("/dev/pts/3"));
         assert_eq!(tty_name(0), None);
+    }
+
+    #[test]
+    fn a_process_directory_reads_that_process_and_a_missing_one_is_none() {
+        let me = std::process::id();
+        let dir = ProcDir::open(me).expect("our own /proc directory");
+        let stat = parse_stat(&dir.read_text("stat").unwrap()).unwrap();
+        assert_eq!(Some(stat.start_time), read_start_time(me));
+        assert!(dir.read("no-such-file").is_none());
+        assert!(ProcDir::open(u32::MAX).is_none());
     }
 
     #[test]

@@ -28,9 +28,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::procfs::{
-    groups_of, parse_stat, read_proc_file, read_proc_text, read_start_time, tty_name,
-};
+use crate::procfs::{ProcDir, groups_of, parse_stat, read_start_time, tty_name};
 use crate::prompt::ProcessRef;
 
 /// One process of the requester chain.
@@ -331,9 +329,9 @@ fn read_chain(pid: u32) -> Option<(Vec<ProcessInfo>, Vec<u32>)> {
 
 /// One process's entry, and its supplementary groups.
 fn read_process(pid: u32) -> Option<(ProcessInfo, Vec<u32>)> {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let stat = parse_stat(&read_proc_text(&proc_dir.join("stat"))?)?;
-    let status = read_proc_text(&proc_dir.join("status"))?;
+    let proc_dir = ProcDir::open(pid)?;
+    let stat = parse_stat(&proc_dir.read_text("stat")?)?;
+    let status = proc_dir.read_text("status")?;
     let id_field = |name: &str| -> Option<u32> {
         status
             .lines()
@@ -341,7 +339,8 @@ fn read_process(pid: u32) -> Option<(ProcessInfo, Vec<u32>)> {
             .and_then(|rest| rest.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     };
-    let cmdline = read_proc_file(&proc_dir.join("cmdline"))
+    let cmdline = proc_dir
+        .read("cmdline")
         .map(|raw| {
             raw.split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
