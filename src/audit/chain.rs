@@ -490,20 +490,21 @@ pub enum RequestKind {
         tty: bool,
         env: Vec<EnvName>,
     },
-    /// `forward` holds the spec in ssh's option syntax, flag included:
-    /// `-L 127.0.0.1:8080:db:5432`.
+    /// `forward` describes the forward, listening side first:
+    /// `local forward 127.0.0.1:8080 -> db:5432` (`LOCALHOST:8080` without
+    /// a bind address).
     ForwardLocal {
         forward: String,
     },
-    /// `-R 9000:localhost:9000`.
+    /// `remote forward LOCALHOST:9000 -> localhost:9000`.
     ForwardRemote {
         forward: String,
     },
-    /// `-D 1080`.
+    /// `dynamic forward LOCALHOST:1080 -> *`.
     ForwardDynamic {
         forward: String,
     },
-    /// `-W db:5432`.
+    /// The target: `db:5432`.
     StdioForward {
         forward: String,
     },
@@ -1299,7 +1300,7 @@ pub(crate) mod tests {
                 client: 2,
                 request: 2,
                 kind: RequestKind::ForwardLocal {
-                    forward: "-L 127.0.0.1:8080:db:5432".to_owned(),
+                    forward: "local forward 127.0.0.1:8080 -> db:5432".to_owned(),
                 },
             }),
             Event::Decision(Decision {
@@ -1313,15 +1314,15 @@ pub(crate) mod tests {
             Event::ForwardOpen(ForwardOpen {
                 client: 2,
                 request: 2,
-                spec: "-L 127.0.0.1:8080:db:5432".to_owned(),
+                spec: "local forward 127.0.0.1:8080 -> db:5432".to_owned(),
             }),
             Event::ForwardConnection(ForwardConnection {
-                spec: "-L 127.0.0.1:8080:db:5432".to_owned(),
+                spec: "local forward 127.0.0.1:8080 -> db:5432".to_owned(),
                 peer: "127.0.0.1:51234".to_owned(),
                 error: None,
             }),
             Event::ForwardClose(ForwardClose {
-                spec: "-L 127.0.0.1:8080:db:5432".to_owned(),
+                spec: "local forward 127.0.0.1:8080 -> db:5432".to_owned(),
                 reason: "client went away".to_owned(),
             }),
             Event::MasterStop(MasterStop {
@@ -1507,13 +1508,13 @@ pub(crate) mod tests {
                 env: vec![],
             },
             RequestKind::ForwardRemote {
-                forward: "-R 9000:localhost:9000".into(),
+                forward: "remote forward LOCALHOST:9000 -> localhost:9000".into(),
             },
             RequestKind::ForwardDynamic {
-                forward: "-D 1080".into(),
+                forward: "dynamic forward LOCALHOST:1080 -> *".into(),
             },
             RequestKind::StdioForward {
-                forward: "-W db:5432".into(),
+                forward: "db:5432".into(),
             },
             RequestKind::Proxy,
             RequestKind::Control {
@@ -1522,7 +1523,7 @@ pub(crate) mod tests {
             },
             RequestKind::Control {
                 operation: ControlOperation::CancelForward,
-                forward: Some("-L 8080:db:5432".into()),
+                forward: Some("local forward LOCALHOST:8080 -> db:5432".into()),
             },
         ] {
             let event = Event::Request(Request {
