@@ -647,6 +647,32 @@ fn a_flood_of_channel_requests_closes_that_client_only() {
     let check = env.control("check");
     check.assert_success("-O check after the flood");
     env.assert_connections(1);
+
+    // The master goes while its dialog is still open: the askpass broker
+    // ends the dialog and exits with it, instead of waiting out the
+    // prompt's timeout.
+    let broker_alive = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .any(|entry| {
+                std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+                    cmdline
+                        .split(|b| *b == 0)
+                        .any(|arg| arg == b"askpass-broker")
+                        && cmdline
+                            .windows(askpass_var.len())
+                            .any(|w| w == askpass_var.as_bytes())
+                })
+            })
+    };
+    assert!(broker_alive(), "no askpass broker runs the open dialog");
+    drop(master);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while broker_alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!broker_alive(), "the askpass broker outlived its master");
 }
 
 /// Opens a session channel as `sender` (2 MiB window, 32 KiB packets) and

@@ -7,7 +7,7 @@
 //! a fresh exec of this binary) that runs the one helper named at start-up
 //! with the prompt text it is sent, and answers allow, deny, timeout or
 //! unavailable. The master can ask it nothing else, and the helper exits
-//! when the master closes the pipe.
+//! when the master closes the pipe, ending an open dialog first.
 //!
 //! Frames as in [`crate::helper`]: a request is `u32 timeout in ms, prompt
 //! text`; a reply is `u8 answer, reason text` (0 allow once, 1 deny, 2 timed
@@ -142,12 +142,50 @@ pub fn serve(program: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Watched while a dialog is open: the master never sends a question
+    // before the answer to the last, so stdin turning readable then means
+    // the master has gone (end of file), and the dialog is ended with it.
+    let master_pipe = rustix::io::dup(io::stdin())?;
     serve_frames(
         &mut io::stdin().lock(),
         &mut io::stdout().lock(),
-        |prompt, timeout| runtime.block_on(askpass.confirm(prompt, timeout)),
+        |prompt, timeout| {
+            runtime.block_on(unless_master_gone(
+                askpass.confirm(prompt, timeout),
+                &master_pipe,
+            ))
+        },
     )?;
     Ok(())
+}
+
+/// The dialog's answer, or "failed" as soon as `master_pipe` (the request
+/// pipe) turns readable while it runs: the master went away, and dropping
+/// the dialog's future kills the dialog (`kill_on_drop`).
+async fn unless_master_gone(
+    dialog: impl std::future::Future<Output = Answer>,
+    master_pipe: &std::os::fd::OwnedFd,
+) -> Answer {
+    // Looked at every 100 ms: a dialog waits for a person, and this keeps
+    // the pipe's flags and the blocking reads of the request loop as they
+    // are (registering it with the event loop would need both changed).
+    let gone = async {
+        loop {
+            let mut fds = [rustix::event::PollFd::new(
+                master_pipe,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        answer = dialog => answer,
+        () = gone => Answer::Failed("the master went away during the dialog".into()),
+    }
 }
 
 /// The broker's loop, with the dialog as `confirm`.
@@ -175,6 +213,28 @@ fn serve_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dialog_ends_when_the_master_goes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        // With the master there, the dialog's answer is the answer.
+        let answered = rt.block_on(unless_master_gone(async { Answer::Deny }, &read));
+        assert_eq!(answered, Answer::Deny);
+        // A dialog that never answers ends once the other end closes.
+        drop(write);
+        let ended = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                unless_master_gone(std::future::pending(), &read),
+            )
+            .await
+        });
+        assert!(matches!(ended, Ok(Answer::Failed(why)) if why.contains("went away")));
+    }
 
     #[test]
     fn answers_survive_the_round_trip() {
