@@ -427,7 +427,7 @@ pub fn refused_text(outcome: &Outcome) -> String {
             "muxguard: refused by policy (it says to connect directly, which a shared \
              session cannot do): {reason}\r\n"
         ),
-        _ => format!("muxguard: denied by policy: {}\r\n", outcome.reason()),
+        _ => crate::mux::server::denial_text(outcome.reason()),
     }
 }
 

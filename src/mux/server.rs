@@ -288,10 +288,11 @@ impl Requester {
     }
 }
 
-/// What a refused session's client reads on its stderr.
-pub(crate) fn denial_text(reason: &str) -> bytes::Bytes {
+/// What a refused session's client reads on its stderr (and a refused
+/// `~C` request, in its session).
+pub(crate) fn denial_text(reason: &str) -> String {
     // \r\n: a tty client is in raw mode by now.
-    bytes::Bytes::from(format!("muxguard: denied by policy: {reason}\r\n"))
+    format!("muxguard: denied by policy: {reason}\r\n")
 }
 
 /// Refuses a session the client asked for as the policy's `deny` does:
@@ -310,7 +311,7 @@ pub(crate) async fn deny_opened_session(
     if let Some(stderr) = stderr
         && let Ok(mut sink) = OutputSink::new(stderr)
     {
-        let message = denial_text(reason);
+        let message = bytes::Bytes::from(denial_text(reason));
         let deliver = async {
             let _ = sink.write_all(message).await;
             let _ = sink.finish().await;
