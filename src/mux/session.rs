@@ -234,7 +234,7 @@ async fn start_command(
     if let Some(record) = decision.as_mut()
         && let Some(reason) = refused(record.written().await)
     {
-        return Some(server::denial_text(&reason));
+        return Some(Bytes::from(server::denial_text(&reason)));
     }
     if let Err(e) = request_start(channel, request, pending).await {
         return Some(Bytes::from(format!(
@@ -242,9 +242,9 @@ async fn start_command(
         )));
     }
     let reason = refused(decision?.synced().await)?;
-    Some(server::denial_text(&format!(
+    Some(Bytes::from(server::denial_text(&format!(
         "{reason}; the command was stopped"
-    )))
+    ))))
 }
 
 /// The session's output streams and the tasks that write them to the
@@ -503,11 +503,7 @@ impl Live {
                 return;
             }
         };
-        use crate::audit::chain::{Escape, Event};
-        self.master.audit.record(Event::Escape(Escape {
-            session: u64::from(self.session_id),
-            sequence: format!("{}C", char::from(self.escape_char)),
-        }));
+        self.audit_escape('C');
         let master = Arc::clone(&self.master);
         let requester = Arc::clone(&self.requester);
         let stderr = Arc::clone(&self.stderr_queue);
@@ -515,6 +511,15 @@ impl Live {
             let answer = carry_out(&master, &requester, command).await;
             stderr.push(Bytes::from(answer));
         });
+    }
+
+    /// The audit record of an escape the master acted on (`~.`, `~C`).
+    fn audit_escape(&self, command: char) {
+        use crate::audit::chain::{Escape, Event};
+        self.master.audit.record(Event::Escape(Escape {
+            session: u64::from(self.session_id),
+            sequence: format!("{}{command}", char::from(self.escape_char)),
+        }));
     }
 
     /// An escape the user typed. Returns how the session ended, if it did.
@@ -525,11 +530,7 @@ impl Live {
         }
         match action {
             EscapeAction::Terminate => {
-                use crate::audit::chain::{Escape, Event};
-                self.master.audit.record(Event::Escape(Escape {
-                    session: u64::from(self.session_id),
-                    sequence: format!("{}.", char::from(self.escape_char)),
-                }));
+                self.audit_escape('.');
                 return Some(SessionEnd::EscapeTerminated);
             }
             EscapeAction::Rekey => {
