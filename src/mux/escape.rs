@@ -328,9 +328,8 @@ impl EscapeFilter {
     /// escape may follow at once.
     fn edited(&mut self, echo: Vec<u8>, finished: Option<Finished>, out: &mut Vec<Filtered>) {
         // Nothing goes upstream while the command line is open.
-        let mut no_data = Vec::new();
         if !echo.is_empty() {
-            push_local(out, &mut no_data, Local::Echo(echo));
+            append_local(out, Local::Echo(echo));
         }
         match finished {
             None => {}
@@ -350,10 +349,15 @@ fn flush_data(data: &mut Vec<u8>, out: &mut Vec<Filtered>) {
     }
 }
 
-/// Appends a local piece after the data before it; echo right after echo
-/// joins it, so a typed line comes out as one piece per read.
+/// Appends a local piece after the data before it.
 fn push_local(out: &mut Vec<Filtered>, data: &mut Vec<u8>, local: Local) {
     flush_data(data, out);
+    append_local(out, local);
+}
+
+/// Appends a local piece; echo right after echo joins it, so a typed line
+/// comes out as one piece per read.
+fn append_local(out: &mut Vec<Filtered>, local: Local) {
     match (out.last_mut(), local) {
         (Some(Filtered::Local(Local::Echo(earlier))), Local::Echo(more)) => {
             earlier.extend_from_slice(&more);
