@@ -34,8 +34,7 @@ pub fn run(args: EnsureArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let host = config::resolve(&args.ssh)?;
-    let control_path =
-        crate::paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
+    let control_path = paths::choose_control_path(args.control_path.clone(), &host, &args.ssh)?;
     if let Some(cache) = &cache {
         cache.store(&control_path);
     }

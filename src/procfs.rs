@@ -30,12 +30,12 @@ pub(crate) fn groups_of(status: &str) -> Vec<u32> {
 /// and reads 32 bytes, then 32, 64, ...: twelve system calls for a status
 /// file instead of four; the walk reads three files per process on every
 /// accept.)
-pub(crate) fn read_proc_file(path: &Path) -> Option<Vec<u8>> {
+fn read_proc_file(path: &Path) -> Option<Vec<u8>> {
     let file = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     read_whole(&file)
 }
 
-pub(crate) fn read_proc_text(path: &Path) -> Option<String> {
+fn read_proc_text(path: &Path) -> Option<String> {
     String::from_utf8(read_proc_file(path)?).ok()
 }
 

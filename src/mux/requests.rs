@@ -15,8 +15,7 @@ use crate::access::policy::RequestKind;
 use crate::audit::chain as audit;
 use crate::mux::session::{self, SessionEnd, SessionOpenError, SessionStart};
 use crate::spill::SpillBuffer;
-use crate::state::MasterState;
-use crate::state::Traffic;
+use crate::state::{MasterState, Traffic};
 use crate::upstream::forward::{self, OpenResult};
 
 /// What the connection does after a request.

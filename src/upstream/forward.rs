@@ -795,7 +795,9 @@ impl Forwards {
 /// Whether `forward` listens on `listen` as a cancel names it (see
 /// [`Forwards::find_listening`]).
 fn listens_on(forward: &ActiveForward, listen: &Endpoint) -> bool {
-    let loopback = |host: &str| if host.is_empty() { "localhost" } else { host }.to_string();
+    fn loopback(host: &str) -> &str {
+        if host.is_empty() { "localhost" } else { host }
+    }
     match (&forward.spec.listen, listen) {
         (Endpoint::Unix { path }, Endpoint::Unix { path: named }) => path == named,
         (
