@@ -3,19 +3,26 @@
 //! may not do itself. Each one answers one kind of question about data it
 //! is sent, so a compromised master gains nothing it could not ask anyway.
 //!
-//! - `muxguard proc-helper` reads `/proc/PID/exe` and `/proc/PID/cwd` of
-//!   the processes that connect: Landlock forbids a sandboxed process the
-//!   ptrace-class access these links need on processes outside its sandbox.
+//! - `muxguard proc-helper` reads the `exe` and `cwd` links of the /proc
+//!   directories the master sends it: Landlock forbids a sandboxed process
+//!   the ptrace-class access these links need on processes outside its
+//!   sandbox.
 //! - `muxguard askpass-broker PROGRAM` (see `prompt::broker`) runs the
 //!   `SSH_ASKPASS` dialog.
 //!
-//! Both speak frames on the helper's stdin and stdout: `u32 length
-//! (big-endian), payload`.
+//! Both speak frames, `u32 length (big-endian), payload`: the askpass
+//! broker on its stdin and stdout, the proc helper on a socket on its
+//! stdin (it is sent descriptors).
 
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
+
+use crate::procfs::ProcDir;
 
 /// The longest frame either side accepts, far above any real one (a proc
 /// reply for a 32-process chain with 4 KiB paths is about 260 KiB).
@@ -63,16 +70,6 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
     Ok(Some(Frame::Data(payload)))
 }
 
-/// Starts `muxguard <args>` with its stdin and stdout as pipes.
-pub fn spawn(args: &[&std::ffi::OsStr]) -> io::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-}
-
 /// Helpers hold nothing worth stealing, but a same-uid process that could
 /// ptrace one could feed the master false answers.
 pub fn harden_helper() {
@@ -83,20 +80,31 @@ pub fn harden_helper() {
 // ---------------------------------------------------------------------------
 // The /proc link reader
 // ---------------------------------------------------------------------------
+//
+// The master sends the helper the /proc directories it has open, not pids:
+// a directory descriptor stays bound to the process it was opened for (if
+// that process exits, lookups in it fail even once its pid is reused), so
+// the links the helper reads belong to exactly the process whose stat and
+// cmdline the master read. It costs no start-time check, on either side.
+//
+// A request is one frame, `u32 count`, sent in one `sendmsg` with `count`
+// directory descriptors; the reply is one frame of `count` entries. The
+// socket is a socketpair on the helper's stdin.
 
-/// What the helper read for one process: its start time (read before the
-/// links, so the caller can tell the pid was not reused meanwhile), the
-/// executable and the working directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The most processes one request may name: the longest chain walked
+/// (`access::peer`) and then some.
+pub const MAX_PINNED: usize = 64;
+
+/// What the helper read for one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcLinks {
-    pub start_time: Option<u64>,
     pub exe: Option<PathBuf>,
     pub cwd: Option<PathBuf>,
 }
 
 /// The master's end of `muxguard proc-helper`.
 pub struct ProcHelper {
-    pipes: Mutex<(ChildStdin, ChildStdout)>,
+    socket: Mutex<UnixStream>,
     _child: Child,
 }
 
@@ -105,58 +113,158 @@ static PROC_HELPER: OnceLock<ProcHelper> = OnceLock::new();
 impl ProcHelper {
     /// Starts the helper and makes [`links`] use it from now on.
     pub fn install() -> io::Result<()> {
-        let mut child = spawn(&["proc-helper".as_ref()])?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take().expect("piped");
+        let (ours, theirs) = UnixStream::pair()?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("proc-helper")
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let _ = PROC_HELPER.set(ProcHelper {
-            pipes: Mutex::new((stdin, stdout)),
+            socket: Mutex::new(ours),
             _child: child,
         });
         Ok(())
     }
 
-    fn ask(&self, pids: &[u32]) -> io::Result<Vec<ProcLinks>> {
-        let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
-        let (stdin, stdout) = &mut *pipes;
-        let request: Vec<u8> = pids.iter().flat_map(|p| p.to_be_bytes()).collect();
-        write_frame(stdin, &request)?;
-        let reply = match read_frame(stdout)?.ok_or(io::ErrorKind::UnexpectedEof)? {
+    fn ask(&self, dirs: &[&ProcDir]) -> io::Result<Vec<ProcLinks>> {
+        let mut socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let fds: Vec<BorrowedFd<'_>> = dirs.iter().map(|d| d.as_fd()).collect();
+        send_request(&socket, &fds)?;
+        let reply = match read_frame(&mut *socket)?.ok_or(io::ErrorKind::UnexpectedEof)? {
             Frame::Data(reply) => reply,
             Frame::TooLong(len) => {
                 let why = format!("proc-helper reply of {len} bytes");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, why));
             }
         };
-        decode_links(&reply, pids.len())
+        decode_links(&reply, dirs.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad proc-helper reply"))
     }
 }
 
-/// The exe and cwd links of each pid: through the helper when one is
+/// The exe and cwd links of each process: through the helper when one is
 /// installed (the master under its sandbox), else read directly.
-pub fn links(pids: &[u32]) -> Vec<ProcLinks> {
+pub fn links(dirs: &[&ProcDir]) -> Vec<ProcLinks> {
     match PROC_HELPER.get() {
-        Some(helper) => helper.ask(pids).unwrap_or_else(|e| {
+        Some(helper) => helper.ask(dirs).unwrap_or_else(|e| {
             tracing::warn!("proc-helper: {e}; requesting programs are unknown");
-            pids.iter()
-                .map(|_| ProcLinks {
-                    start_time: None,
-                    exe: None,
-                    cwd: None,
-                })
-                .collect()
+            vec![ProcLinks::default(); dirs.len()]
         }),
-        None => pids.iter().map(|&pid| read_links(pid)).collect(),
+        None => dirs.iter().map(|dir| read_links(dir)).collect(),
     }
 }
 
-fn read_links(pid: u32) -> ProcLinks {
-    let dir = PathBuf::from(format!("/proc/{pid}"));
+fn read_links(dir: &ProcDir) -> ProcLinks {
     ProcLinks {
-        start_time: crate::procfs::read_start_time(pid),
-        exe: std::fs::read_link(dir.join("exe")).ok(),
-        cwd: std::fs::read_link(dir.join("cwd")).ok(),
+        exe: dir.read_link("exe"),
+        cwd: dir.read_link("cwd"),
     }
+}
+
+fn send_request(socket: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    if fds.len() > MAX_PINNED {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many processes in one proc-helper request",
+        ));
+    }
+    let mut frame = Vec::with_capacity(8);
+    frame.extend_from_slice(&4u32.to_be_bytes());
+    frame.extend_from_slice(&(fds.len() as u32).to_be_bytes());
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PINNED))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    let sent = rustix::net::sendmsg(
+        socket,
+        &[io::IoSlice::new(&frame)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    // Eight bytes into an empty socket go in one piece; anything else
+    // would leave the helper holding half a request.
+    if sent != frame.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "proc-helper request cut short",
+        ));
+    }
+    Ok(())
+}
+
+/// One request as the helper received it: the frame's payload and the
+/// descriptors that came with it, in order.
+struct Request {
+    payload: Vec<u8>,
+    fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Reads one request frame with its descriptors; `Ok(None)` at a clean
+/// end. Descriptors are collected from every read that makes up the frame.
+fn receive_request(socket: &UnixStream) -> io::Result<Option<Request>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut bytes = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let wanted = match bytes.get(..4) {
+            Some(len) => 4 + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize,
+            None => 4,
+        };
+        if bytes.len() >= wanted {
+            break;
+        }
+        let room = (wanted - bytes.len()).min(buf.len());
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PINNED))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            socket,
+            &mut [io::IoSliceMut::new(&mut buf[..room])],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
+                fds.extend(received_fds);
+            }
+        }
+        if received.bytes == 0 {
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.extend_from_slice(&buf[..received.bytes]);
+        if bytes.len() > 4 + MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request too long",
+            ));
+        }
+    }
+    Ok(Some(Request {
+        payload: bytes.split_off(4),
+        fds,
+    }))
+}
+
+/// The links for one request, or `None` for a request the helper cannot
+/// use: a count that is not the number of descriptors sent, or a
+/// descriptor that is not a /proc directory.
+fn answer(request: Request) -> Option<Vec<ProcLinks>> {
+    let count = u32::from_be_bytes(request.payload.as_slice().try_into().ok()?) as usize;
+    if count != request.fds.len() || count > MAX_PINNED {
+        return None;
+    }
+    let dirs: Option<Vec<ProcDir>> = request
+        .fds
+        .into_iter()
+        .map(ProcDir::from_received)
+        .collect();
+    Some(dirs?.iter().map(read_links).collect())
 }
 
 fn put_optional(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
@@ -173,7 +281,6 @@ fn encode_links(links: &[ProcLinks]) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::new();
     for l in links {
-        out.extend_from_slice(&l.start_time.unwrap_or(u64::MAX).to_be_bytes());
         put_optional(&mut out, l.exe.as_ref().map(|p| p.as_os_str().as_bytes()));
         put_optional(&mut out, l.cwd.as_ref().map(|p| p.as_os_str().as_bytes()));
     }
@@ -197,41 +304,28 @@ fn decode_links(mut bytes: &[u8], count: usize) -> Option<Vec<ProcLinks>> {
     };
     let mut links = Vec::with_capacity(count);
     for _ in 0..count {
-        let start = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().ok()?);
         let exe = path(&mut bytes)?;
         let cwd = path(&mut bytes)?;
-        links.push(ProcLinks {
-            start_time: (start != u64::MAX).then_some(start),
-            exe,
-            cwd,
-        });
+        links.push(ProcLinks { exe, cwd });
     }
     bytes.is_empty().then_some(links)
 }
 
-/// `muxguard proc-helper`: answers until the master closes the pipe.
+/// `muxguard proc-helper`: answers until the master closes the socket.
 pub fn serve_proc() -> anyhow::Result<()> {
     harden_helper();
-    serve_proc_frames(&mut io::stdin().lock(), &mut io::stdout().lock())?;
+    let socket = UnixStream::from(io::stdin().as_fd().try_clone_to_owned()?);
+    serve_proc_requests(&socket)?;
     Ok(())
 }
 
-/// The proc-helper's loop. A request it cannot use (too long, not a list
-/// of pids) gets an empty reply, which the master reads as "not known" for
-/// every pid of it; the next request is answered as usual.
-fn serve_proc_frames(input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
-    while let Some(frame) = read_frame(input)? {
-        let reply = match frame {
-            Frame::Data(request) if request.len() % 4 == 0 => {
-                let links: Vec<ProcLinks> = request
-                    .chunks_exact(4)
-                    .map(|c| read_links(u32::from_be_bytes(c.try_into().expect("4 bytes"))))
-                    .collect();
-                encode_links(&links)
-            }
-            Frame::Data(_) | Frame::TooLong(_) => Vec::new(),
-        };
-        write_frame(output, &reply)?;
+/// The proc-helper's loop. A request it cannot use gets an empty reply,
+/// which the master reads as "not known" for every process of it; the
+/// next request is answered as usual.
+fn serve_proc_requests(socket: &UnixStream) -> io::Result<()> {
+    while let Some(request) = receive_request(socket)? {
+        let reply = answer(request).map_or_else(Vec::new, |links| encode_links(&links));
+        write_frame(&mut &*socket, &reply)?;
     }
     Ok(())
 }
@@ -244,12 +338,10 @@ mod tests {
     fn links_survive_the_round_trip() {
         let links = vec![
             ProcLinks {
-                start_time: Some(42),
                 exe: Some("/usr/bin/git".into()),
                 cwd: None,
             },
             ProcLinks {
-                start_time: None,
                 exe: None,
                 cwd: Some("/home/a b".into()),
             },
@@ -287,30 +379,74 @@ mod tests {
         assert!(read_frame(&mut &[0, 0, 0, 9, 1][..]).is_err());
     }
 
-    #[test]
-    fn the_proc_helper_survives_any_request() {
-        let me = std::process::id();
-        let mut requests = Vec::new();
-        write_frame(&mut requests, &[1, 2, 3]).unwrap();
-        write_frame(&mut requests, &vec![0; MAX_FRAME + 4]).unwrap();
-        write_frame(&mut requests, &me.to_be_bytes()).unwrap();
-        let mut replies = Vec::new();
-        serve_proc_frames(&mut requests.as_slice(), &mut replies).unwrap();
-        let mut replies = replies.as_slice();
-        for _ in 0..2 {
-            let Some(Frame::Data(reply)) = read_frame(&mut replies).unwrap() else {
-                panic!("no reply")
-            };
-            assert_eq!(
-                decode_links(&reply, 1),
-                None,
-                "a bad request is not answered"
-            );
-        }
-        let Some(Frame::Data(reply)) = read_frame(&mut replies).unwrap() else {
+    /// A helper loop on one end of a socketpair, as `ProcHelper` runs it.
+    fn helper_on_a_thread() -> (UnixStream, std::thread::JoinHandle<io::Result<()>>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || serve_proc_requests(&theirs));
+        (ours, thread)
+    }
+
+    fn reply_to(socket: &UnixStream, count: usize) -> Option<Vec<ProcLinks>> {
+        let Some(Frame::Data(reply)) = read_frame(&mut &*socket).unwrap() else {
             panic!("no reply")
         };
-        let links = decode_links(&reply, 1).expect("the next request is answered");
+        decode_links(&reply, count)
+    }
+
+    #[test]
+    fn the_proc_helper_survives_any_request() {
+        let (socket, thread) = helper_on_a_thread();
+        let me = ProcDir::open(std::process::id()).unwrap();
+        // A count that is not the number of descriptors sent.
+        let mut bad = Vec::new();
+        write_frame(&mut bad, &2u32.to_be_bytes()).unwrap();
+        (&socket).write_all(&bad).unwrap();
+        assert_eq!(reply_to(&socket, 2), None, "a bad request is not answered");
+        // A directory that is not on /proc: refused, not read.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", elsewhere.path().join("exe")).unwrap();
+        let not_proc = rustix::fs::open(
+            elsewhere.path(),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        send_request(&socket, &[me.as_fd(), not_proc.as_fd()]).unwrap();
+        assert_eq!(
+            reply_to(&socket, 2),
+            None,
+            "a plain directory is no process"
+        );
+        // The next request is answered.
+        send_request(&socket, &[me.as_fd(), me.as_fd()]).unwrap();
+        let links = reply_to(&socket, 2).expect("the next request is answered");
         assert_eq!(links[0].exe, std::env::current_exe().ok());
+        assert_eq!(links[1].cwd, std::env::current_dir().ok());
+        drop(socket);
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_links_are_those_of_the_process_the_directory_was_opened_for() {
+        let (socket, thread) = helper_on_a_thread();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let dir = ProcDir::open(child.id()).unwrap();
+        send_request(&socket, &[dir.as_fd()]).unwrap();
+        let links = reply_to(&socket, 1).unwrap();
+        assert_eq!(
+            links[0].exe.as_deref().and_then(|e| e.file_name()),
+            Some("sleep".as_ref())
+        );
+        // Once that process is gone its directory answers nothing, whoever
+        // has the pid by then.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        send_request(&socket, &[dir.as_fd()]).unwrap();
+        assert_eq!(reply_to(&socket, 1).unwrap(), vec![ProcLinks::default()]);
+        drop(socket);
+        thread.join().unwrap().unwrap();
     }
 }

@@ -3,8 +3,10 @@
 //! fields. Used by the master's walk (`access::peer`) and by the proc
 //! helper (`helper`), which reads what the sandboxed master may not.
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 
 use rustix::buffer::spare_capacity;
 use rustix::fs::{Mode, OFlags};
@@ -44,6 +46,7 @@ fn read_proc_text(path: &Path) -> Option<String> {
 /// belong to the process that had the pid when the directory was opened
 /// (if it has gone since, they fail instead of describing a newcomer that
 /// reused the pid).
+#[derive(Debug)]
 pub(crate) struct ProcDir(OwnedFd);
 
 impl ProcDir {
@@ -71,6 +74,28 @@ impl ProcDir {
 
     pub(crate) fn read_text(&self, name: &str) -> Option<String> {
         String::from_utf8(self.read(name)?).ok()
+    }
+
+    /// The target of one of the directory's links (`exe`, `cwd`): needs
+    /// ptrace-class access to the process, which the sandboxed master
+    /// lacks and the proc helper has.
+    pub(crate) fn read_link(&self, name: &str) -> Option<PathBuf> {
+        let target = rustix::fs::readlinkat(&self.0, name, Vec::new()).ok()?;
+        Some(PathBuf::from(OsString::from_vec(target.into_bytes())))
+    }
+
+    /// Takes a descriptor received from elsewhere as a process directory,
+    /// if it is one on procfs: the proc helper answers questions about
+    /// processes, not about directories the sender could name.
+    pub(crate) fn from_received(fd: OwnedFd) -> Option<ProcDir> {
+        let fs = rustix::fs::fstatfs(&fd).ok()?;
+        (fs.f_type == rustix::fs::PROC_SUPER_MAGIC).then_some(ProcDir(fd))
+    }
+}
+
+impl AsFd for ProcDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 

@@ -3,12 +3,15 @@
 //! chain read from /proc (`ssh ← git ← bash ← tmux`), read in one go right
 //! after accept and checked to still be the same process afterwards.
 //!
-//! PID reuse: a pidfd is opened on the peer as soon as its pid is known.
-//! Holding it does not stop the pid from being reused once the process
-//! exits; what it gives is a reliable "has it exited?" (it polls readable
-//! then). The /proc walk is trusted only if, after it, the pidfd says the
-//! process is still running and the start time read before is unchanged:
-//! then every file read belonged to that process.
+//! PID reuse: each process's /proc directory is opened once and every file
+//! of it (and, through the proc helper, its links) is read relative to that
+//! descriptor, which stays bound to the process it was opened for: once
+//! that process exits, reads through it fail, whoever has the pid by then.
+//! A pidfd is opened on the peer as soon as its pid is known and gives a
+//! reliable "has it exited?" (it polls readable then). The walk is trusted
+//! only if, after it, the pidfd says the process is still running (without
+//! a pidfd, kernels before 5.3, if its start time is unchanged): then the
+//! directory was opened on the process that connected.
 //!
 //! Exec: a process keeps its pid and start time across exec, so a client
 //! could connect, hand the socket to a child and exec another program. The
@@ -36,8 +39,6 @@ use crate::prompt::ProcessRef;
 pub struct ProcessInfo {
     pub pid: u32,
     pub ppid: u32,
-    pub uid: u32,
-    pub gid: u32,
     /// `None` when /proc would not tell (another user's process).
     pub exe: Option<PathBuf>,
     pub cmdline: Vec<String>,
@@ -110,6 +111,8 @@ pub struct Peer {
     pub chain: Vec<ProcessInfo>,
     /// Tells whether the connecting process has exited.
     pidfd: Option<OwnedFd>,
+    /// The connecting process's /proc directory, for rechecks.
+    proc_dir: Option<ProcDir>,
     /// Set, for good, once a recheck found the connecting process gone or
     /// running another executable: why its identity is no longer verified.
     drifted: OnceLock<String>,
@@ -125,20 +128,20 @@ impl Peer {
         let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
             rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
         });
-        let (chain, groups) = read_chain(pid).unwrap_or_default();
+        let walk = read_chain(pid);
         // The chain is only trusted if its first process is still the one
-        // that connected: running (pidfd), same start time, same uid.
-        // Without a pidfd (kernels before 5.3) the start time alone decides.
-        let still_running = pidfd.as_ref().is_none_or(|fd| !has_exited(fd));
-        let chain = match chain.first() {
-            Some(first)
-                if still_running
-                    && read_start_time(pid) == Some(first.start_time)
-                    && first.uid == uid =>
-            {
-                chain
-            }
-            _ => Vec::new(),
+        // that connected: running (pidfd; without one, same start time)
+        // and of the same uid.
+        let trusted = walk.as_ref().is_some_and(|walk| {
+            let same_process = match &pidfd {
+                Some(fd) => !has_exited(fd),
+                None => read_start_time(pid) == Some(walk.chain[0].start_time),
+            };
+            same_process && walk.uid == uid
+        });
+        let (chain, groups, proc_dir) = match walk {
+            Some(walk) if trusted => (walk.chain, walk.groups, Some(walk.first_dir)),
+            _ => (Vec::new(), Vec::new(), None),
         };
         Ok(Peer {
             uid,
@@ -147,6 +150,7 @@ impl Peer {
             groups,
             chain,
             pidfd,
+            proc_dir,
             drifted: OnceLock::new(),
         })
     }
@@ -169,11 +173,15 @@ impl Peer {
         let why = if gone() {
             Some(GONE.to_string())
         } else {
-            let links = crate::helper::links(&[self.pid]).pop();
-            let now_exe = links
-                .filter(|l| l.start_time == Some(first.start_time))
+            // Read through the directory opened at accept: the link is that
+            // process's, or nothing once it has gone.
+            let now_exe = self
+                .proc_dir
+                .as_ref()
+                .and_then(|dir| crate::helper::links(&[dir]).pop())
                 .and_then(|l| l.exe);
-            // Looked at again after the read: the link was this process's.
+            // Looked at again after the read: a link that could not be read
+            // because the process had just gone is told as its going.
             if gone() {
                 Some(GONE.to_string())
             } else if now_exe != first.exe {
@@ -296,49 +304,62 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
     }
 }
 
-/// Walks from `pid` up to its session leader (at most 32 steps); with the
-/// supplementary groups of `pid`.
-fn read_chain(pid: u32) -> Option<(Vec<ProcessInfo>, Vec<u32>)> {
-    let mut chain = Vec::new();
-    let mut groups = Vec::new();
-    let mut next = pid;
-    for _ in 0..32 {
-        let (info, its_groups) = read_process(next)?;
-        if chain.is_empty() {
-            groups = its_groups;
-        }
-        let (ppid, is_leader) = (info.ppid, info.pid == info.session);
-        chain.push(info);
-        if is_leader || ppid <= 1 {
-            break;
-        }
-        next = ppid;
-    }
-    // The exe and cwd links need ptrace-class access, which the sandboxed
-    // master lacks; the helper reads them. A link read for a pid whose
-    // start time differs belongs to another process: dropped.
-    let pids: Vec<u32> = chain.iter().map(|p| p.pid).collect();
-    for (info, links) in chain.iter_mut().zip(crate::helper::links(&pids)) {
-        if links.start_time == Some(info.start_time) {
-            info.exe = links.exe;
-            info.cwd = links.cwd;
-        }
-    }
-    Some((chain, groups))
+/// What the walk read: the chain, and what only the connecting process's
+/// status tells (the ancestors' is not read: nothing uses it).
+struct Walk {
+    chain: Vec<ProcessInfo>,
+    /// The connecting process's effective uid (what SO_PEERCRED reports)
+    /// and supplementary groups.
+    uid: u32,
+    groups: Vec<u32>,
+    first_dir: ProcDir,
 }
 
-/// One process's entry, and its supplementary groups.
-fn read_process(pid: u32) -> Option<(ProcessInfo, Vec<u32>)> {
-    let proc_dir = ProcDir::open(pid)?;
+/// Walks from `pid` up to its session leader (at most 32 steps).
+fn read_chain(pid: u32) -> Option<Walk> {
+    let first_dir = ProcDir::open(pid)?;
+    let status = first_dir.read_text("status")?;
+    let uid = status_id(&status, "Uid:")?;
+    let groups = groups_of(&status);
+    let mut chain = vec![read_process(&first_dir, pid)?];
+    let mut dirs = Vec::new();
+    while chain.len() < 32 {
+        let last = chain.last().expect("the chain starts with one");
+        if last.pid == last.session || last.ppid <= 1 {
+            break;
+        }
+        let ppid = last.ppid;
+        let dir = ProcDir::open(ppid)?;
+        chain.push(read_process(&dir, ppid)?);
+        dirs.push(dir);
+    }
+    // The exe and cwd links need ptrace-class access, which the sandboxed
+    // master lacks; the helper reads them through the same directories.
+    let all_dirs: Vec<&ProcDir> = std::iter::once(&first_dir).chain(&dirs).collect();
+    for (info, links) in chain.iter_mut().zip(crate::helper::links(&all_dirs)) {
+        info.exe = links.exe;
+        info.cwd = links.cwd;
+    }
+    Some(Walk {
+        chain,
+        uid,
+        groups,
+        first_dir,
+    })
+}
+
+/// The effective id on a status line (`Uid:\treal\teffective\tsaved\tfs`).
+fn status_id(status: &str, name: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// One process's entry, from its stat and cmdline.
+fn read_process(proc_dir: &ProcDir, pid: u32) -> Option<ProcessInfo> {
     let stat = parse_stat(&proc_dir.read_text("stat")?)?;
-    let status = proc_dir.read_text("status")?;
-    let id_field = |name: &str| -> Option<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
     let cmdline = proc_dir
         .read("cmdline")
         .map(|raw| {
@@ -348,19 +369,16 @@ fn read_process(pid: u32) -> Option<(ProcessInfo, Vec<u32>)> {
                 .collect()
         })
         .unwrap_or_default();
-    let info = ProcessInfo {
+    Some(ProcessInfo {
         pid,
         ppid: stat.ppid,
-        uid: id_field("Uid:")?,
-        gid: id_field("Gid:")?,
         exe: None,
         cmdline,
         cwd: None,
         tty: tty_name(stat.tty_nr),
         session: stat.session,
         start_time: stat.start_time,
-    };
-    Some((info, groups_of(&status)))
+    })
 }
 
 #[cfg(test)]
@@ -371,8 +389,6 @@ mod tests {
         ProcessInfo {
             pid,
             ppid: pid - 1,
-            uid: 1000,
-            gid: 1000,
             exe: Some(PathBuf::from(exe)),
             cmdline: args.iter().map(|a| a.to_string()).collect(),
             cwd: None,
@@ -390,6 +406,7 @@ mod tests {
             groups: vec![],
             chain,
             pidfd: None,
+            proc_dir: None,
             drifted: OnceLock::new(),
         }
     }
@@ -439,9 +456,10 @@ mod tests {
     #[test]
     fn our_own_process_reads_back() {
         let me = std::process::id();
-        let (chain, _) = read_chain(me).unwrap();
+        let walk = read_chain(me).unwrap();
+        let chain = walk.chain;
         assert_eq!(chain[0].pid, me);
-        assert_eq!(chain[0].uid, rustix::process::getuid().as_raw());
+        assert_eq!(walk.uid, rustix::process::getuid().as_raw());
         assert_eq!(
             chain[0].exe.as_deref(),
             std::env::current_exe().ok().as_deref()
