@@ -476,16 +476,21 @@ async fn admit_and_serve(
     client_id: u64,
     my_uid: u32,
 ) {
+    // The account names are looked up here too: /etc/passwd and /etc/group
+    // are files, and a read of them is no work for the event loop.
     let identified = tokio::task::spawn_blocking(move || {
-        let peer = Peer::identify(&stream);
-        (stream, peer)
+        let identified = Peer::identify(&stream).map(|peer| {
+            let identity = PeerIdentity::of(&peer);
+            (peer, identity)
+        });
+        (stream, identified)
     })
     .await;
     let Ok((stream, identified)) = identified else {
         return;
     };
-    let peer = match identified {
-        Ok(peer) => peer,
+    let (peer, identity) = match identified {
+        Ok(identified) => identified,
         Err(e) => {
             warn!(
                 client = client_id,
@@ -494,7 +499,6 @@ async fn admit_and_serve(
             return;
         }
     };
-    let identity = PeerIdentity::of(&peer);
     match decide::admits(&master.policy, &identity, my_uid) {
         Ok(true) => {
             debug!(client = client_id, "control connection from {peer}");

@@ -201,10 +201,7 @@ impl PeerIdentity {
     pub fn of(peer: &Peer) -> PeerIdentity {
         let mut gids = vec![peer.gid];
         gids.extend(peer.groups.iter().copied().filter(|g| *g != peer.gid));
-        let groups = gids
-            .iter()
-            .filter_map(|g| accounts::group_name(*g))
-            .collect();
+        let groups = accounts::group_names(&gids);
         PeerIdentity {
             uid: peer.uid,
             user: accounts::user_name(peer.uid),
@@ -486,8 +483,13 @@ pub mod accounts {
         lookup("/etc/passwd", uid)
     }
 
-    pub fn group_name(gid: u32) -> Option<String> {
-        lookup("/etc/group", gid)
+    /// The names of those of `gids` that /etc/group knows, in order (one
+    /// read of the file for all of them).
+    pub fn group_names(gids: &[u32]) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string("/etc/group") else {
+            return Vec::new();
+        };
+        gids.iter().filter_map(|g| find(&text, *g)).collect()
     }
 
     fn lookup(file: &str, id: u32) -> Option<String> {
