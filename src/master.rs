@@ -35,7 +35,7 @@ use crate::paths;
 use crate::prompt::Prompter;
 use crate::sandbox;
 use crate::spill::SpillLimits;
-use crate::state::{MasterState, Parts};
+use crate::state::{Listening, MasterState, Parts};
 use crate::upstream::connect;
 use crate::upstream::forward::RemoteRoutes;
 
@@ -418,14 +418,20 @@ async fn serve(
             {
                 accept_paused_until = None;
             }
-            Ok(()) = listening.changed(), if listener.is_some() => {
-                if !*listening.borrow() {
-                    info!("no longer accepting control connections (-O stop)");
-                    listener = None;
-                    socket.remove();
-                    if *active.borrow() == 0 {
+            Ok(()) = listening.changed() => {
+                let now = *listening.borrow();
+                match now {
+                    Listening::StopAsked if listener.is_some() => {
+                        info!("no longer accepting control connections (-O stop)");
+                        listener = None;
+                        socket.remove();
+                        master.stopped_listening();
+                    }
+                    // Not before the `-O stop` has its answer.
+                    Listening::Answered if *active.borrow() == 0 => {
                         return StopReason::requested("stopped listening (-O stop) and no session is left");
                     }
+                    _ => {}
                 }
             }
             Ok(()) = active.changed() => {
@@ -435,7 +441,7 @@ async fn serve(
                     idle_since = None;
                 } else {
                     idle_since = Some(Instant::now());
-                    if listener.is_none() {
+                    if *listening.borrow() == Listening::Answered {
                         return StopReason::requested("stopped listening (-O stop) and the last session ended");
                     }
                     if persist == Persist::UntilLastClient && had_client {

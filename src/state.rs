@@ -29,6 +29,19 @@ pub struct Traffic {
     pub to_server: AtomicU64,
 }
 
+/// Whether the control socket takes connections (`-O stop`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listening {
+    Yes,
+    /// `-O stop` asked the accept loop to close it.
+    StopAsked,
+    /// Closed and its path removed.
+    Stopped,
+    /// ... and the `-O stop` that asked has been answered: a master with
+    /// no session left may go now.
+    Answered,
+}
+
 /// State shared by every control connection of one master.
 pub struct MasterState {
     pub config: HostConfig,
@@ -40,7 +53,7 @@ pub struct MasterState {
     /// Becomes `Some(reason)` when the master is shutting down.
     pub shutdown: watch::Sender<Option<String>>,
     /// Whether the control socket still takes connections (`-O stop`).
-    listening: watch::Sender<bool>,
+    listening: watch::Sender<Listening>,
     pub host_key_fingerprint: String,
     pub peer_address: std::net::SocketAddr,
     pub started: Instant,
@@ -131,7 +144,7 @@ impl MasterState {
             upstream_closed,
             winch,
             shutdown,
-            listening: watch::channel(true).0,
+            listening: watch::channel(Listening::Yes).0,
             host_key_fingerprint,
             peer_address,
             started: Instant::now(),
@@ -152,8 +165,13 @@ impl MasterState {
     }
 
     /// Changes to whether the control socket takes connections.
-    pub fn subscribe_listening(&self) -> watch::Receiver<bool> {
+    pub fn subscribe_listening(&self) -> watch::Receiver<Listening> {
         self.listening.subscribe()
+    }
+
+    /// Says, from the accept loop, that the control socket is gone.
+    pub fn stopped_listening(&self) {
+        self.listening.send_replace(Listening::Stopped);
     }
 
     /// Changes to the number of sessions and forwards keeping the master
@@ -290,8 +308,32 @@ impl MasterState {
         format!("connection to {} closed: {reason}", self.config.hostname)
     }
 
-    pub fn stop_listening(&self) {
-        self.listening.send_replace(false);
+    /// Asks the accept loop to close the control socket and waits until it
+    /// has. Gives up waiting after a second, which only a master already
+    /// on its way out takes.
+    pub async fn stop_listening(&self) {
+        let mut listening = self.listening.subscribe();
+        self.listening.send_if_modified(|state| {
+            let asked = *state == Listening::Yes;
+            if asked {
+                *state = Listening::StopAsked;
+            }
+            asked
+        });
+        let closed =
+            listening.wait_for(|state| matches!(state, Listening::Stopped | Listening::Answered));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closed).await;
+    }
+
+    /// Says that the `-O stop` has been answered (or its client is gone).
+    pub fn stop_answered(&self) {
+        self.listening.send_if_modified(|state| {
+            let stopped = *state == Listening::Stopped;
+            if stopped {
+                *state = Listening::Answered;
+            }
+            stopped
+        });
     }
 
     /// The `~#` listing: every open session of this master.

@@ -13,6 +13,7 @@ use common::{MasterKind, TestEnv, for_both_masters, run};
 for_both_masters!(
     check_reports_pid,
     stop_keeps_running_sessions,
+    stop_with_no_session_is_answered,
     exit_ends_master
 );
 
@@ -66,6 +67,26 @@ fn stop_keeps_running_sessions(kind: MasterKind) {
     let status = running.wait(Duration::from_secs(60));
     assert!(status.success(), "the running session ended with {status}");
     assert_eq!(read_lossy(&output), "started\ndone\n");
+}
+
+/// `-O stop` with no session running is answered (even by a master that
+/// then has nothing left to do), and only once the socket is gone.
+fn stop_with_no_session_is_answered(kind: MasterKind) {
+    let env = TestEnv::new();
+    let _master = env.start_master(kind);
+    for _ in 0..3 {
+        run(&mut env.ssh_cmd("true")).assert_success("a session before -O stop");
+    }
+    let out = env.control("stop");
+    out.assert_success("-O stop");
+    assert!(
+        out.stderr.contains("Stop listening request sent."),
+        "{out:#?}"
+    );
+    assert!(
+        !env.control_path().exists(),
+        "the control socket is still there after -O stop"
+    );
 }
 
 /// `-O exit` ends the master and removes its socket; a session still

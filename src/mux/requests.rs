@@ -258,8 +258,12 @@ impl Connection<'_> {
             client = self.client_id(),
             "stop listening requested (-O stop)"
         );
-        self.master.stop_listening();
-        self.writer.send(&ServerMessage::Ok { rid }).await?;
+        // Answered once the socket is gone, as OpenSSH's master does: a
+        // client told "stopped" finds no socket.
+        self.master.stop_listening().await;
+        let answered = self.writer.send(&ServerMessage::Ok { rid }).await;
+        self.master.stop_answered();
+        answered?;
         Ok(Flow::Next)
     }
 
