@@ -31,6 +31,7 @@ use crate::mux::limits::{
     AcceptBackoff, Admission, ConnectionLimit, ConnectionSlot, RefusalLog, Report, default_cap,
 };
 use crate::mux::probe::{self, Existing};
+use crate::mux::server::PeerLookup;
 use crate::paths;
 use crate::prompt::Prompter;
 use crate::sandbox;
@@ -475,6 +476,12 @@ async fn serve(
 /// Identifies the peer of an accepted connection (off the event loop: it
 /// reads /proc and asks the proc helper), checks that the policy admits
 /// it, and serves it. Holds `slot` until the connection ends.
+///
+/// A peer of the master's own uid is admitted on the kernel's word alone
+/// (SO_PEERCRED), so its HELLO exchange goes on while the chain is read;
+/// its first request waits for the chain. Any other uid is admitted only
+/// by a policy rule, which needs its account names: it is identified
+/// before a single byte is read or sent.
 async fn admit_and_serve(
     stream: tokio::net::UnixStream,
     slot: ConnectionSlot,
@@ -482,21 +489,8 @@ async fn admit_and_serve(
     client_id: u64,
     my_uid: u32,
 ) {
-    // The account names are looked up here too: /etc/passwd and /etc/group
-    // are files, and a read of them is no work for the event loop.
-    let identified = tokio::task::spawn_blocking(move || {
-        let identified = Peer::identify(&stream).map(|peer| {
-            let identity = PeerIdentity::of(&peer);
-            (peer, identity)
-        });
-        (stream, identified)
-    })
-    .await;
-    let Ok((stream, identified)) = identified else {
-        return;
-    };
-    let (peer, identity) = match identified {
-        Ok(identified) => identified,
+    let cred = match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(cred) => cred,
         Err(e) => {
             warn!(
                 client = client_id,
@@ -505,36 +499,50 @@ async fn admit_and_serve(
             return;
         }
     };
-    match decide::admits(&master.policy, &identity, my_uid) {
-        Ok(true) => {
-            debug!(client = client_id, "control connection from {peer}");
-            tokio::select! {
-                () = crate::mux::server::serve_connection(stream, peer, identity, master, client_id, &slot) => {}
-                () = slot.evicted() => {
-                    debug!(client = client_id, "closed before HELLO: a newer connection needed its place");
-                }
+    // The account names are looked up here too: /etc/passwd and /etc/group
+    // are files, and a read of them is no work for the event loop.
+    let identifying = tokio::task::spawn_blocking(move || {
+        let peer = Peer::identify(cred);
+        let identity = PeerIdentity::of(&peer);
+        (peer, identity)
+    });
+    let lookup = if cred.uid.as_raw() == my_uid {
+        PeerLookup::Pending(identifying)
+    } else {
+        let Ok((peer, identity)) = identifying.await else {
+            return;
+        };
+        match decide::admits(&master.policy, &identity, my_uid) {
+            Ok(true) => PeerLookup::Known(Box::new((peer, identity))),
+            // Closed before a single byte is read or sent.
+            Ok(false) => {
+                let reason = format!(
+                    "uid {} is not the master's ({my_uid}) and no policy rule lists it",
+                    peer.uid
+                );
+                warn!(
+                    client = client_id,
+                    "refused control connection from {peer}: {reason}"
+                );
+                master.audit.record(refused(&peer, reason));
+                return;
+            }
+            Err(e) => {
+                warn!(
+                    client = client_id,
+                    "refused control connection from {peer}: policy error: {e}"
+                );
+                master
+                    .audit
+                    .record(refused(&peer, format!("policy error: {e}")));
+                return;
             }
         }
-        // Closed before a single byte is read or sent.
-        Ok(false) => {
-            let reason = format!(
-                "uid {} is not the master's ({my_uid}) and no policy rule lists it",
-                peer.uid
-            );
-            warn!(
-                client = client_id,
-                "refused control connection from {peer}: {reason}"
-            );
-            master.audit.record(refused(&peer, reason));
-        }
-        Err(e) => {
-            warn!(
-                client = client_id,
-                "refused control connection from {peer}: policy error: {e}"
-            );
-            master
-                .audit
-                .record(refused(&peer, format!("policy error: {e}")));
+    };
+    tokio::select! {
+        () = crate::mux::server::serve_connection(stream, lookup, master, client_id, &slot) => {}
+        () = slot.evicted() => {
+            debug!(client = client_id, "closed before HELLO: a newer connection needed its place");
         }
     }
 }

@@ -901,10 +901,11 @@ action = \"allow\"
 }
 
 /// A raw mux client in python, made a session leader so that it is the
-/// requesting program itself: connects, waits for the master's HELLO (the
-/// master has read who connected), forks a child that keeps the socket,
-/// and then either stays (`stay`) or execs `sleep` (`exec`). The child
-/// asks for `touch MARKER` and prints what the master answered.
+/// requesting program itself: connects, says HELLO and waits for the
+/// answer to an EXT_INFO (which, unlike HELLO and ALIVE_CHECK, the master
+/// answers only once it has read who connected), forks a child that keeps
+/// the socket, and then either stays (`stay`) or execs `sleep` (`exec`).
+/// The child asks for `touch MARKER` and prints what the master answered.
 const HANDOFF_CLIENT: &str = r#"
 import os, socket, struct, sys, time
 path, marker, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -919,14 +920,16 @@ def recvall(n):
             sys.exit("master closed")
         data += chunk
     return data
-recvall(struct.unpack(">I", recvall(4))[0])
 u32 = lambda v: struct.pack(">I", v)
 string = lambda b: u32(len(b)) + b
 packet = lambda body: u32(len(body)) + body
+recvall(struct.unpack(">I", recvall(4))[0])
+s.sendall(packet(u32(1) + u32(4)))
+s.sendall(packet(u32(0x20000001) + u32(0) + string(b"connection")))
+recvall(struct.unpack(">I", recvall(4))[0])
 if os.fork() == 0:
     if mode == "exec":
         time.sleep(1)
-    s.sendall(packet(u32(1) + u32(4)))
     s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
                      + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
     null = os.open("/dev/null", os.O_RDWR)

@@ -29,7 +29,8 @@
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use crate::procfs::{ProcDir, groups_of, parse_stat, read_start_time, tty_name};
 use crate::prompt::ProcessRef;
@@ -113,15 +114,18 @@ pub struct Peer {
     pidfd: Option<OwnedFd>,
     /// The connecting process's /proc directory, for rechecks.
     proc_dir: Option<ProcDir>,
+    /// When the last read of the connecting process's executable (at
+    /// accept, or by a recheck that found it unchanged) began.
+    exe_read_at: Mutex<Instant>,
     /// Set, for good, once a recheck found the connecting process gone or
     /// running another executable: why its identity is no longer verified.
     drifted: OnceLock<String>,
 }
 
 impl Peer {
-    /// Identifies the peer of an accepted connection.
-    pub fn identify(stream: &tokio::net::UnixStream) -> std::io::Result<Peer> {
-        let cred = rustix::net::sockopt::socket_peercred(stream)?;
+    /// Identifies the peer of an accepted connection from the credentials
+    /// the kernel gave for it (SO_PEERCRED).
+    pub fn identify(cred: rustix::net::UCred) -> Peer {
         let uid = cred.uid.as_raw();
         let gid = cred.gid.as_raw();
         let pid = cred.pid.as_raw_nonzero().get() as u32;
@@ -139,11 +143,16 @@ impl Peer {
             };
             same_process && walk.uid == uid
         });
-        let (chain, groups, proc_dir) = match walk {
-            Some(walk) if trusted => (walk.chain, walk.groups, Some(walk.first_dir)),
-            _ => (Vec::new(), Vec::new(), None),
+        let (chain, groups, proc_dir, exe_read_at) = match walk {
+            Some(walk) if trusted => (
+                walk.chain,
+                walk.groups,
+                Some(walk.first_dir),
+                walk.links_read_at,
+            ),
+            _ => (Vec::new(), Vec::new(), None, Instant::now()),
         };
-        Ok(Peer {
+        Peer {
             uid,
             gid,
             pid,
@@ -151,20 +160,32 @@ impl Peer {
             chain,
             pidfd,
             proc_dir,
+            exe_read_at: Mutex::new(exe_read_at),
             drifted: OnceLock::new(),
-        })
+        }
     }
 
-    /// Looks at the connecting process again, before a request is decided:
-    /// it must still be running the executable it ran at accept. Once it
-    /// is not, the identity stays unverified for this connection.
-    pub fn recheck(&self) {
+    /// Looks at the connecting process again, before a request read at
+    /// `request_read_at` is decided: it must still be running the
+    /// executable it ran at accept. Once it is not, the identity stays
+    /// unverified for this connection.
+    ///
+    /// An executable read that began after the request was read needs no
+    /// repeating: the request had been written by then, so what that read
+    /// saw is what the process had become by the time it asked (the
+    /// overlapped HELLO often makes a connection's first request one).
+    pub fn recheck(&self, request_read_at: Instant) {
         if self.drifted.get().is_some() {
             return;
         }
         let Some(first) = self.chain.first() else {
             return;
         };
+        let mut exe_read_at = self.exe_read_at.lock().unwrap_or_else(|e| e.into_inner());
+        if *exe_read_at > request_read_at {
+            return;
+        }
+        let started = Instant::now();
         let gone = || match &self.pidfd {
             Some(pidfd) => has_exited(pidfd),
             None => read_start_time(self.pid) != Some(first.start_time),
@@ -197,8 +218,11 @@ impl Peer {
                 None
             }
         };
-        if let Some(why) = why {
-            let _ = self.drifted.set(why);
+        match why {
+            Some(why) => {
+                let _ = self.drifted.set(why);
+            }
+            None => *exe_read_at = started,
         }
     }
 
@@ -313,6 +337,8 @@ struct Walk {
     uid: u32,
     groups: Vec<u32>,
     first_dir: ProcDir,
+    /// When the read of the executables began.
+    links_read_at: Instant,
 }
 
 /// Walks from `pid` up to its session leader (at most 32 steps).
@@ -336,6 +362,7 @@ fn read_chain(pid: u32) -> Option<Walk> {
     // The exe and cwd links need ptrace-class access, which the sandboxed
     // master lacks; the helper reads them through the same directories.
     let all_dirs: Vec<&ProcDir> = std::iter::once(&first_dir).chain(&dirs).collect();
+    let links_read_at = Instant::now();
     for (info, links) in chain.iter_mut().zip(crate::helper::links(&all_dirs)) {
         info.exe = links.exe;
         info.cwd = links.cwd;
@@ -345,6 +372,7 @@ fn read_chain(pid: u32) -> Option<Walk> {
         uid,
         groups,
         first_dir,
+        links_read_at,
     })
 }
 
@@ -407,6 +435,7 @@ mod tests {
             chain,
             pidfd: None,
             proc_dir: None,
+            exe_read_at: Mutex::new(Instant::now()),
             drifted: OnceLock::new(),
         }
     }

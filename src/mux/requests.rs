@@ -3,6 +3,7 @@
 //! acts, and tells the connection loop whether to read the next request.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -34,6 +35,8 @@ pub(super) struct Connection<'a> {
     pub(super) writer: &'a ControlWriter,
     pub(super) master: &'a Arc<MasterState>,
     pub(super) requester: &'a Arc<Requester>,
+    /// When the request being handled was read from the client.
+    pub(super) read_at: Instant,
 }
 
 impl Connection<'_> {
@@ -41,12 +44,7 @@ impl Connection<'_> {
         match message {
             ClientMessage::Hello { .. } => Err(CloseReason::SecondHello),
             ClientMessage::AliveCheck { rid } => {
-                self.writer
-                    .send(&ServerMessage::Alive {
-                        rid,
-                        pid: std::process::id(),
-                    })
-                    .await?;
+                self.writer.send(&super::server::alive(rid)).await?;
                 Ok(Flow::Next)
             }
             ClientMessage::NewSession { rid, request } => self.new_session(rid, request).await,
@@ -139,7 +137,12 @@ impl Connection<'_> {
         // the session waits for it as `session::run` says.
         let (outcome, request_id, decision_record) = self
             .requester
-            .decide_deferred(master, &asked, audited_session(&request))
+            .decide_deferred(
+                master,
+                &asked,
+                audited_session(&request),
+                Some(self.read_at),
+            )
             .await;
         self.requester.log_outcome(&asked, &outcome);
         match outcome {

@@ -7,6 +7,7 @@
 //! serving everyone else.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::UnixStream;
 use tracing::{debug, info, warn};
@@ -23,51 +24,58 @@ use crate::audit::chain as audit;
 use crate::audit::recorder::{PendingRecord, RecordError};
 use crate::state::MasterState;
 
+/// Who is on a control connection: known at accept, or being read on the
+/// blocking pool while the HELLO exchange goes on (the master's own uid).
+pub enum PeerLookup {
+    Known(Box<(Peer, PeerIdentity)>),
+    Pending(tokio::task::JoinHandle<(Peer, PeerIdentity)>),
+}
+
+impl PeerLookup {
+    async fn resolve(self) -> Option<(Peer, PeerIdentity)> {
+        match self {
+            PeerLookup::Known(known) => Some(*known),
+            PeerLookup::Pending(task) => task.await.ok(),
+        }
+    }
+}
+
 /// Serves one accepted control connection until it ends.
 pub async fn serve_connection(
     stream: UnixStream,
-    peer: Peer,
-    identity: PeerIdentity,
+    lookup: PeerLookup,
     master: Arc<MasterState>,
     client_id: u64,
     slot: &ConnectionSlot,
 ) {
+    let stream = Arc::new(stream);
+    let mut reader = ControlReader::new(Arc::clone(&stream));
+    let writer = ControlWriter::new(stream);
+    // Nothing the greeting does depends on who the peer is; every request
+    // after it waits for the peer to be known, and so does the record of
+    // the connection, which comes before any of its requests' records.
+    let greeted = greet(&mut reader, &writer, slot, client_id).await;
+    let Some((peer, identity)) = lookup.resolve().await else {
+        warn!(
+            client = client_id,
+            "closing control connection: its peer could not be identified"
+        );
+        return;
+    };
+    debug!(client = client_id, "control connection from {peer}");
     let peer_pid = peer.pid;
-    master
-        .audit
-        .record(audit::Event::ClientConnect(audit::ClientConnect {
-            client: client_id,
-            peer: audit::Peer {
-                uid: peer.uid,
-                gid: peer.gid,
-                pid: peer.pid,
-            },
-            chain: peer
-                .chain
-                .iter()
-                .map(|p| audit::ProcessEntry {
-                    pid: p.pid,
-                    name: p.name(),
-                    exe: p.exe.as_ref().map(|e| e.display().to_string()),
-                    cmdline: Some(p.cmdline.clone()),
-                })
-                .collect(),
-            cwd: peer
-                .chain
-                .first()
-                .and_then(|p| p.cwd.as_ref())
-                .map(|c| c.display().to_string()),
-            tty: peer.chain.first().and_then(|p| p.tty.clone()),
-        }));
+    master.audit.record(connect_record(client_id, &peer));
     let requester = Arc::new(Requester {
         peer,
         identity,
         client_id,
     });
-    let stream = Arc::new(stream);
-    let mut reader = ControlReader::new(Arc::clone(&stream));
-    let writer = ControlWriter::new(stream);
-    match serve(&mut reader, &writer, &master, &requester, slot).await {
+    let served = match greeted {
+        Ok(Some(first)) => serve(first, &mut reader, &writer, &master, &requester).await,
+        Ok(None) => Ok(()),
+        Err(reason) => Err(reason),
+    };
+    match served {
         Ok(()) => debug!(
             client = client_id,
             pid = peer_pid,
@@ -79,6 +87,33 @@ pub async fn serve_connection(
             "closing control connection: {reason}"
         ),
     }
+}
+
+fn connect_record(client_id: u64, peer: &Peer) -> audit::Event {
+    audit::Event::ClientConnect(audit::ClientConnect {
+        client: client_id,
+        peer: audit::Peer {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+        },
+        chain: peer
+            .chain
+            .iter()
+            .map(|p| audit::ProcessEntry {
+                pid: p.pid,
+                name: p.name(),
+                exe: p.exe.as_ref().map(|e| e.display().to_string()),
+                cmdline: Some(p.cmdline.clone()),
+            })
+            .collect(),
+        cwd: peer
+            .chain
+            .first()
+            .and_then(|p| p.cwd.as_ref())
+            .map(|c| c.display().to_string()),
+        tty: peer.chain.first().and_then(|p| p.tty.clone()),
+    })
 }
 
 /// Why a control connection was closed by us.
@@ -135,7 +170,7 @@ impl Requester {
         asked: &Asked<'_>,
         audited: audit::RequestKind,
     ) -> (Outcome, u64) {
-        let (outcome, request, record) = self.decide_deferred(master, asked, audited).await;
+        let (outcome, request, record) = self.decide_deferred(master, asked, audited, None).await;
         let outcome = match record {
             Some(record) => settle(master, outcome, record.synced().await),
             None => outcome,
@@ -155,6 +190,7 @@ impl Requester {
         master: &MasterState,
         asked: &Asked<'_>,
         audited: audit::RequestKind,
+        read_at: Option<Instant>,
     ) -> (Outcome, u64, Option<PendingRecord>) {
         let request = master.next_request_id();
         master.audit.record(audit::Event::Request(audit::Request {
@@ -164,7 +200,9 @@ impl Requester {
         }));
         // The identity read at accept decides; this only notices that the
         // connecting process has since exited or exec'd another program.
-        self.peer.recheck();
+        // `read_at` is known only for a request that is one mux packet;
+        // any other is taken as read now, which always looks again.
+        self.peer.recheck(read_at.unwrap_or_else(Instant::now));
         let decided = decide::decide(
             &master.policy,
             &master.config,
@@ -327,14 +365,16 @@ pub(crate) async fn deny_opened_session(
     Ok(())
 }
 
-async fn serve(
+/// The HELLO exchange, then the ALIVE_CHECKs that come before any real
+/// request (the stock client sends one before each session): answered at
+/// once, as they say nothing about anyone. Returns the first other
+/// message and when it was read, or `None` if the client hung up first.
+async fn greet(
     reader: &mut ControlReader,
     writer: &ControlWriter,
-    master: &Arc<MasterState>,
-    requester: &Arc<Requester>,
     slot: &ConnectionSlot,
-) -> Result<(), CloseReason> {
-    let client_id = requester.client_id;
+    client_id: u64,
+) -> Result<Option<(ClientMessage, Instant)>, CloseReason> {
     // Our HELLO goes first, before reading anything: the client also writes
     // before it reads, so neither side can deadlock.
     writer
@@ -348,7 +388,7 @@ async fn serve(
         .await
         .map_err(|_| CloseReason::HelloTimeout)??;
     let Some(first) = first else {
-        return Ok(());
+        return Ok(None);
     };
     match wire::decode_client(&first).map_err(ReadError::from)? {
         ClientMessage::Hello {
@@ -368,21 +408,55 @@ async fn serve(
         other => return Err(CloseReason::NoHello(other.name())),
     }
     slot.established();
+    loop {
+        let Some(packet) = reader.read_packet().await? else {
+            return Ok(None);
+        };
+        let read_at = Instant::now();
+        let message = wire::decode_client(&packet).map_err(ReadError::from)?;
+        debug!(client = client_id, "request {}", message.name());
+        match message {
+            ClientMessage::AliveCheck { rid } => writer.send(&alive(rid)).await?,
+            other => return Ok(Some((other, read_at))),
+        }
+    }
+}
 
+/// The answer to an ALIVE_CHECK: the pid the client relays window
+/// changes to.
+pub(super) fn alive(rid: u32) -> ServerMessage {
+    ServerMessage::Alive {
+        rid,
+        pid: std::process::id(),
+    }
+}
+
+/// Serves the requests from `first` on, one at a time.
+async fn serve(
+    (first, first_read_at): (ClientMessage, Instant),
+    reader: &mut ControlReader,
+    writer: &ControlWriter,
+    master: &Arc<MasterState>,
+    requester: &Arc<Requester>,
+) -> Result<(), CloseReason> {
+    let client_id = requester.client_id;
     let mut connection = Connection {
         reader,
         writer,
         master,
         requester,
+        read_at: first_read_at,
     };
+    let mut message = first;
     loop {
-        let Some(packet) = connection.reader.read_packet().await? else {
-            return Ok(());
-        };
-        let message = wire::decode_client(&packet).map_err(ReadError::from)?;
-        debug!(client = client_id, "request {}", message.name());
         if connection.handle(message).await? == Flow::Close {
             return Ok(());
         }
+        let Some(packet) = connection.reader.read_packet().await? else {
+            return Ok(());
+        };
+        connection.read_at = Instant::now();
+        message = wire::decode_client(&packet).map_err(ReadError::from)?;
+        debug!(client = client_id, "request {}", message.name());
     }
 }
