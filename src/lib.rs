@@ -15,6 +15,7 @@ use cli::{Cli, Command};
 pub(crate) mod access;
 pub(crate) mod audit;
 pub mod cli;
+pub(crate) mod codec;
 pub(crate) mod config;
 pub(crate) mod connect;
 pub(crate) mod daemon;
@@ -62,7 +63,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => sandbox_cmd::run(args),
         Command::Man { dir } => cli::man_pages(dir.as_deref()),
         Command::Completions { shell } => cli::print_completions(shell),
-        Command::ProcHelper => helper::serve_proc().map(|()| ExitCode::SUCCESS),
+        Command::ProcHelper => access::proc_helper::serve().map(|()| ExitCode::SUCCESS),
         Command::AskpassBroker { program } => {
             prompt::broker::serve(program).map(|()| ExitCode::SUCCESS)
         }

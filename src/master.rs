@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::access::decide::{self, PeerIdentity, PolicyStore};
+use crate::access::decide::{self, PolicyStore};
 use crate::access::peer::Peer;
 use crate::access::policy::{Destination, ForwardPorts, Ports};
 use crate::audit::chain as audit;
@@ -224,7 +224,7 @@ async fn run_async(options: MasterOptions) -> anyhow::Result<StopReason> {
     let listener = socket.listener()?;
     let audit_path = audit_path(audit_log, &policy);
     if sandbox == sandbox::Mode::Enforce
-        && let Err(e) = crate::helper::ProcHelper::install()
+        && let Err(e) = crate::access::proc_helper::install()
     {
         warn!("cannot start the /proc helper: {e}; requesting programs will be unknown");
     }
@@ -499,13 +499,9 @@ async fn admit_and_serve(
             return;
         }
     };
-    // The account names are looked up here too: /etc/passwd and /etc/group
-    // are files, and a read of them is no work for the event loop.
-    let identifying = tokio::task::spawn_blocking(move || {
-        let peer = Peer::identify(cred);
-        let identity = PeerIdentity::of(&peer);
-        (peer, identity)
-    });
+    // A task of its own, so that a connection dropped meanwhile never
+    // leaves a question to the proc helper half asked.
+    let identifying = tokio::spawn(Peer::identify(cred));
     let lookup = if cred.uid.as_raw() == my_uid {
         PeerLookup::Pending(identifying)
     } else {

@@ -149,6 +149,7 @@ const PURE_CORES: &[&str] = &[
     "upstream/pacing.rs",
     "endpoint.rs",
     "glob.rs",
+    "codec.rs",
 ];
 
 #[test]

@@ -198,15 +198,13 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
-    pub fn of(peer: &Peer) -> PeerIdentity {
-        let mut gids = vec![peer.gid];
-        gids.extend(peer.groups.iter().copied().filter(|g| *g != peer.gid));
-        let groups = accounts::group_names(&gids);
+    /// The identity of `peer` with the names looked up for it.
+    pub fn named(peer: &Peer, accounts: crate::access::proc_helper::Accounts) -> PeerIdentity {
         PeerIdentity {
             uid: peer.uid,
-            user: accounts::user_name(peer.uid),
-            gids,
-            groups,
+            user: accounts.user,
+            gids: accounts.gids,
+            groups: accounts.groups,
         }
     }
 

@@ -4,8 +4,8 @@
 //! after accept and checked to still be the same process afterwards.
 //!
 //! PID reuse: each process's /proc directory is opened once and every file
-//! of it (and, through the proc helper, its links) is read relative to that
-//! descriptor, which stays bound to the process it was opened for: once
+//! of it is read relative to that descriptor (the sandboxed master sends
+//! the connecting process's to the proc helper, which walks from it), which stays bound to the process it was opened for: once
 //! that process exits, reads through it fail, whoever has the pid by then.
 //! A pidfd is opened on the peer as soon as its pid is known and gives a
 //! reliable "has it exited?" (it polls readable then). The walk is trusted
@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::access::decide::PeerIdentity;
+use crate::access::proc_helper::{self, Accounts, Credentials, Identified};
+use crate::codec::{Reader, put_bytes, put_optional, put_u32, put_u64};
 use crate::procfs::{ProcDir, groups_of, parse_stat, read_start_time, tty_name};
 use crate::prompt::ProcessRef;
 
@@ -105,8 +108,6 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
-    /// Supplementary groups of the connecting process.
-    pub groups: Vec<u32>,
     /// The connecting process first, then its ancestors up to its session
     /// leader. Empty when the process could not be identified.
     pub chain: Vec<ProcessInfo>,
@@ -124,45 +125,66 @@ pub struct Peer {
 
 impl Peer {
     /// Identifies the peer of an accepted connection from the credentials
-    /// the kernel gave for it (SO_PEERCRED).
-    pub fn identify(cred: rustix::net::UCred) -> Peer {
+    /// the kernel gave for it (SO_PEERCRED), with the account names its
+    /// policy matching needs.
+    pub async fn identify(cred: rustix::net::UCred) -> (Peer, PeerIdentity) {
         let uid = cred.uid.as_raw();
         let gid = cred.gid.as_raw();
         let pid = cred.pid.as_raw_nonzero().get() as u32;
         let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
             rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
         });
-        let walk = read_chain(pid);
+        let credentials = Credentials { pid, uid, gid };
+        let (proc_dir, identified) = match ProcDir::open(pid) {
+            Some(dir) => {
+                let (dir, identified) = proc_helper::identify(dir, credentials).await;
+                (Some(dir), identified)
+            }
+            None => (
+                None,
+                Identified {
+                    walk: None,
+                    accounts: Accounts::look_up(uid, gid, &[]),
+                },
+            ),
+        };
         // The chain is only trusted if its first process is still the one
         // that connected: running (pidfd; without one, same start time)
         // and of the same uid.
-        let trusted = walk.as_ref().is_some_and(|walk| {
+        let trusted = identified.walk.as_ref().is_some_and(|walk| {
             let same_process = match &pidfd {
                 Some(fd) => !has_exited(fd),
                 None => read_start_time(pid) == Some(walk.chain[0].start_time),
             };
             same_process && walk.uid == uid
         });
-        let (chain, groups, proc_dir, exe_read_at) = match walk {
+        let (chain, proc_dir, exe_read_at, accounts) = match identified.walk {
             Some(walk) if trusted => (
                 walk.chain,
-                walk.groups,
-                Some(walk.first_dir),
+                proc_dir,
                 walk.links_read_at,
+                identified.accounts,
             ),
-            _ => (Vec::new(), Vec::new(), None, Instant::now()),
+            // Nor are the groups read with it: only the kernel's gid counts.
+            _ => (
+                Vec::new(),
+                None,
+                Instant::now(),
+                Accounts::look_up(uid, gid, &[]),
+            ),
         };
-        Peer {
+        let peer = Peer {
             uid,
             gid,
             pid,
-            groups,
             chain,
             pidfd,
             proc_dir,
             exe_read_at: Mutex::new(exe_read_at),
             drifted: OnceLock::new(),
-        }
+        };
+        let identity = PeerIdentity::named(&peer, accounts);
+        (peer, identity)
     }
 
     /// Looks at the connecting process again, before a request read at
@@ -174,15 +196,14 @@ impl Peer {
     /// repeating: the request had been written by then, so what that read
     /// saw is what the process had become by the time it asked (the
     /// overlapped HELLO often makes a connection's first request one).
-    pub fn recheck(&self, request_read_at: Instant) {
+    pub async fn recheck(&self, request_read_at: Instant) {
         if self.drifted.get().is_some() {
             return;
         }
         let Some(first) = self.chain.first() else {
             return;
         };
-        let mut exe_read_at = self.exe_read_at.lock().unwrap_or_else(|e| e.into_inner());
-        if *exe_read_at > request_read_at {
+        if *self.exe_read_at() > request_read_at {
             return;
         }
         let started = Instant::now();
@@ -196,11 +217,10 @@ impl Peer {
         } else {
             // Read through the directory opened at accept: the link is that
             // process's, or nothing once it has gone.
-            let now_exe = self
-                .proc_dir
-                .as_ref()
-                .and_then(|dir| crate::helper::links(&[dir]).pop())
-                .and_then(|l| l.exe);
+            let now_exe = match &self.proc_dir {
+                Some(dir) => proc_helper::links(dir).await.exe,
+                None => None,
+            };
             // Looked at again after the read: a link that could not be read
             // because the process had just gone is told as its going.
             if gone() {
@@ -222,8 +242,15 @@ impl Peer {
             Some(why) => {
                 let _ = self.drifted.set(why);
             }
-            None => *exe_read_at = started,
+            None => {
+                let mut read_at = self.exe_read_at();
+                *read_at = (*read_at).max(started);
+            }
         }
+    }
+
+    fn exe_read_at(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.exe_read_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Why the requesting program is no longer verified, if it is not.
@@ -330,24 +357,28 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
 
 /// What the walk read: the chain, and what only the connecting process's
 /// status tells (the ancestors' is not read: nothing uses it).
-struct Walk {
-    chain: Vec<ProcessInfo>,
+#[derive(Debug)]
+pub struct Walk {
+    pub chain: Vec<ProcessInfo>,
     /// The connecting process's effective uid (what SO_PEERCRED reports)
     /// and supplementary groups.
-    uid: u32,
-    groups: Vec<u32>,
-    first_dir: ProcDir,
-    /// When the read of the executables began.
+    pub uid: u32,
+    pub groups: Vec<u32>,
+    /// When the read of the executables began, or an instant before it
+    /// (for the helper's walk, when the master asked for it).
     links_read_at: Instant,
 }
 
-/// Walks from `pid` up to its session leader (at most 32 steps).
-fn read_chain(pid: u32) -> Option<Walk> {
-    let first_dir = ProcDir::open(pid)?;
+/// Walks from the process behind `first_dir` (pid `pid`) up to its session
+/// leader (at most 32 steps), every file of a process read through one
+/// directory descriptor of it. Reads the exe and cwd links too, which
+/// needs ptrace-class access: the proc helper has it, the sandboxed master
+/// not (its links then stay unknown).
+pub fn walk_from(first_dir: &ProcDir, pid: u32) -> Option<Walk> {
     let status = first_dir.read_text("status")?;
     let uid = status_id(&status, "Uid:")?;
     let groups = groups_of(&status);
-    let mut chain = vec![read_process(&first_dir, pid)?];
+    let mut chain = vec![read_process(first_dir, pid)?];
     let mut dirs = Vec::new();
     while chain.len() < 32 {
         let last = chain.last().expect("the chain starts with one");
@@ -359,21 +390,88 @@ fn read_chain(pid: u32) -> Option<Walk> {
         chain.push(read_process(&dir, ppid)?);
         dirs.push(dir);
     }
-    // The exe and cwd links need ptrace-class access, which the sandboxed
-    // master lacks; the helper reads them through the same directories.
-    let all_dirs: Vec<&ProcDir> = std::iter::once(&first_dir).chain(&dirs).collect();
     let links_read_at = Instant::now();
-    for (info, links) in chain.iter_mut().zip(crate::helper::links(&all_dirs)) {
-        info.exe = links.exe;
-        info.cwd = links.cwd;
+    let all_dirs = std::iter::once(first_dir).chain(&dirs);
+    for (info, dir) in chain.iter_mut().zip(all_dirs) {
+        // Only the connecting process's cwd is ever shown.
+        info.exe = dir.read_link("exe");
+        if info.pid == pid {
+            info.cwd = dir.read_link("cwd");
+        }
     }
     Some(Walk {
         chain,
         uid,
         groups,
-        first_dir,
         links_read_at,
     })
+}
+
+impl Walk {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.uid);
+        put_u32(out, self.groups.len() as u32);
+        for g in &self.groups {
+            put_u32(out, *g);
+        }
+        put_u32(out, self.chain.len() as u32);
+        for p in &self.chain {
+            for word in [p.pid, p.ppid, p.session] {
+                put_u32(out, word);
+            }
+            put_u64(out, p.start_time);
+            put_optional(out, p.tty.as_deref().map(str::as_bytes));
+            put_u32(out, p.cmdline.len() as u32);
+            for arg in &p.cmdline {
+                put_bytes(out, arg.as_bytes());
+            }
+            proc_helper::put_path(out, p.exe.as_deref());
+            proc_helper::put_path(out, p.cwd.as_deref());
+        }
+    }
+
+    /// Reads what [`Walk::encode`] wrote, for a walk asked for at
+    /// `asked_at` (its links were read after that).
+    pub(crate) fn decode(reader: &mut Reader<'_>, asked_at: Instant) -> Option<Walk> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let uid = reader.u32()?;
+        let group_count = reader.count(4)?;
+        let groups = (0..group_count)
+            .map(|_| reader.u32())
+            .collect::<Option<Vec<_>>>()?;
+        let process_count = reader.count(40)?;
+        if process_count == 0 || process_count > 32 {
+            return None;
+        }
+        let mut chain = Vec::with_capacity(process_count);
+        for _ in 0..process_count {
+            let (pid, ppid, session) = (reader.u32()?, reader.u32()?, reader.u32()?);
+            let start_time = reader.u64()?;
+            let tty = reader.optional()?.map(text);
+            let arg_count = reader.count(4)?;
+            let cmdline = (0..arg_count)
+                .map(|_| reader.bytes().map(text))
+                .collect::<Option<Vec<_>>>()?;
+            let exe = proc_helper::take_path(reader)?;
+            let cwd = proc_helper::take_path(reader)?;
+            chain.push(ProcessInfo {
+                pid,
+                ppid,
+                exe,
+                cmdline,
+                cwd,
+                tty,
+                session,
+                start_time,
+            });
+        }
+        Some(Walk {
+            chain,
+            uid,
+            groups,
+            links_read_at: asked_at,
+        })
+    }
 }
 
 /// The effective id on a status line (`Uid:\treal\teffective\tsaved\tfs`).
@@ -431,7 +529,6 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pid: chain.first().map_or(0, |p| p.pid),
-            groups: vec![],
             chain,
             pidfd: None,
             proc_dir: None,
@@ -485,7 +582,7 @@ mod tests {
     #[test]
     fn our_own_process_reads_back() {
         let me = std::process::id();
-        let walk = read_chain(me).unwrap();
+        let walk = walk_from(&ProcDir::open(me).unwrap(), me).unwrap();
         let chain = walk.chain;
         assert_eq!(chain[0].pid, me);
         assert_eq!(walk.uid, rustix::process::getuid().as_raw());

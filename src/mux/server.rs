@@ -24,8 +24,8 @@ use crate::audit::chain as audit;
 use crate::audit::recorder::{PendingRecord, RecordError};
 use crate::state::MasterState;
 
-/// Who is on a control connection: known at accept, or being read on the
-/// blocking pool while the HELLO exchange goes on (the master's own uid).
+/// Who is on a control connection: known at accept, or being found out
+/// while the HELLO exchange goes on (the master's own uid).
 pub enum PeerLookup {
     Known(Box<(Peer, PeerIdentity)>),
     Pending(tokio::task::JoinHandle<(Peer, PeerIdentity)>),
@@ -202,7 +202,9 @@ impl Requester {
         // connecting process has since exited or exec'd another program.
         // `read_at` is known only for a request that is one mux packet;
         // any other is taken as read now, which always looks again.
-        self.peer.recheck(read_at.unwrap_or_else(Instant::now));
+        self.peer
+            .recheck(read_at.unwrap_or_else(Instant::now))
+            .await;
         let decided = decide::decide(
             &master.policy,
             &master.config,
