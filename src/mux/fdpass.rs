@@ -194,6 +194,13 @@ impl ControlWriter {
         self.send_raw(&message.encode()).await
     }
 
+    /// Ends our half of the connection: the client reads EOF, which is
+    /// what lets it exit once its session is over, without waiting for the
+    /// master's bookkeeping (audit record, log line) that follows.
+    pub fn hang_up(&self) {
+        let _ = rustix::net::shutdown(&*self.stream, rustix::net::Shutdown::Write);
+    }
+
     /// Writes bytes that are already framed (proxy-mode SSH packets).
     pub async fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
         let mut written = 0;

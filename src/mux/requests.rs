@@ -200,14 +200,17 @@ impl Connection<'_> {
             traffic: Arc::clone(&traffic),
         })
         .await;
+        // One session per control connection: once it is over (or was
+        // refused and told so), the client may go.
+        if matches!(outcome, Ok(_) | Err(SessionOpenError::Answered)) {
+            self.writer.hang_up();
+        }
         master
             .audit
             .record(session_close(session_id, started, &traffic, &outcome));
         match outcome {
             Ok(end) => {
                 log_end(self.client_id(), session_id, &end);
-                // One session per control connection: closing the socket is
-                // what lets the client exit.
                 Ok(Flow::Close)
             }
             Err(SessionOpenError::Refused(reason)) => {
