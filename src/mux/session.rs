@@ -139,11 +139,23 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         let _ = channel.close().await;
         return Ok(SessionEnd::ClientGone);
     }
+    let mut decision_record = decision_record;
+    let asked = ask_command(
+        &channel,
+        &request,
+        &master,
+        &mut decision_record,
+        &mut pending,
+    )
+    .await;
+    // Set up while the request is on its way (output arrives a round trip
+    // later at the earliest, and waits in the channel until read).
     let outputs = Outputs::start(stdout, stderr, &master, session_id);
-
-    if let Some(text) =
-        start_command(&channel, &request, &master, decision_record, &mut pending).await
-    {
+    let failed = match asked {
+        Err(text) => Some(text),
+        Ok(()) => durably_recorded(&master, decision_record).await,
+    };
+    if let Some(text) = failed {
         let _ = channel.close().await;
         outputs.stderr.push(text);
         outputs.finish(Some(Duration::from_secs(2))).await;
@@ -222,26 +234,30 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
 /// fdatasync overlaps the request's round trip, and nothing flows between
 /// the command and the client before it is on disk. Returns what to tell
 /// the client if the session cannot go on.
-async fn start_command(
+/// Asks the server to start the command once the decision is in the audit
+/// log; `Err` with the text to show the client if it was not, or if the
+/// server refused.
+async fn ask_command(
     channel: &russh::Channel<Msg>,
     request: &SessionRequest,
     master: &MasterState,
-    decision: Option<PendingRecord>,
+    decision: &mut Option<PendingRecord>,
     pending: &mut std::collections::VecDeque<Pending>,
-) -> Option<Bytes> {
-    let refused = |recorded| server::refusal_if_unrecorded(master, recorded);
-    let mut decision = decision;
+) -> Result<(), Bytes> {
     if let Some(record) = decision.as_mut()
-        && let Some(reason) = refused(record.written().await)
+        && let Some(reason) = server::refusal_if_unrecorded(master, record.written().await)
     {
-        return Some(Bytes::from(server::denial_text(&reason)));
+        return Err(Bytes::from(server::denial_text(&reason)));
     }
-    if let Err(e) = request_start(channel, request, pending).await {
-        return Some(Bytes::from(format!(
-            "muxguard: the server refused the session: {e}\r\n"
-        )));
-    }
-    let reason = refused(decision?.synced().await)?;
+    request_start(channel, request, pending)
+        .await
+        .map_err(|e| Bytes::from(format!("muxguard: the server refused the session: {e}\r\n")))
+}
+
+/// Waits until the decision is on disk, before a byte of the session flows;
+/// the text to show the client if it could not be made durable.
+async fn durably_recorded(master: &MasterState, decision: Option<PendingRecord>) -> Option<Bytes> {
+    let reason = server::refusal_if_unrecorded(master, decision?.synced().await)?;
     Some(Bytes::from(server::denial_text(&format!(
         "{reason}; the command was stopped"
     ))))
