@@ -5,7 +5,10 @@ one throwaway local sshd.
 Measures
   1. new-session latency: `ssh -S sock alias true` (and `-O check`, which
      needs no remote process), median and p90, for muxguard, `ssh -M` and
-     fresh connections (`-o ControlPath=none`);
+     fresh connections (`-o ControlPath=none`); and for the two masters,
+     the same session and HELLO + ALIVE_CHECK through an in-process mux
+     client (bench/muxclient.py), which leaves out the ssh process start
+     that is most of the figure above and the same for both;
   2. bulk throughput through one session (upload and download, default
      1 GiB), per cipher, with the master's CPU time during the transfer;
   3. a stalled consumer: one session's client does not read its 200 MiB
@@ -37,6 +40,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import muxclient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -393,19 +398,29 @@ def count_auths(text):
 
 
 def bench_latency(env, methods, runs, warmup=3):
-    """methods: list of Method; returns {name: {"true": [...], "check": [...]}}"""
-    res = {m.name: {"true": [], "check": []} for m in methods}
+    """methods: list of Method; returns {name: {"true": [...], "check": [...],
+    "in-true": [...], "in-check": [...]}} (the in-process client's for the
+    masters only)"""
+    res = {m.name: {"true": [], "check": [], "in-true": [], "in-check": []}
+           for m in methods}
     masters = [m for m in methods if m.sock]
     for _ in range(warmup):
         for m in methods:
             timed(m.client() + [env.alias, "true"])
+        for m in masters:
+            muxclient.session(m.sock)
     offset = env.sshd_log_size()
     for i in range(runs):
         order = methods[i % len(methods):] + methods[:i % len(methods)]
         for m in order:
             res[m.name]["true"].append(timed(m.client() + [env.alias, "true"]))
-        for m in (masters if i % 2 == 0 else masters[::-1]):
+        in_order = masters if i % 2 == 0 else masters[::-1]
+        for m in in_order:
             res[m.name]["check"].append(timed(m.check_cmd()))
+        for m in in_order:
+            res[m.name]["in-true"].append(muxclient.session(m.sock))
+        for m in in_order:
+            res[m.name]["in-check"].append(muxclient.check(m.sock))
     # Sanity: sessions through a master must not authenticate anew (a refused
     # mux session makes the stock client silently connect directly).
     auths = count_auths(env.sshd_log_since(offset))
@@ -885,6 +900,22 @@ def build_report(info, args, cmdline, lat, lat_extra_auths, bulk, ciphers_seen,
             do = statistics.median(osm["true"]) - statistics.median(osm["check"])
             L.append(f"`true` minus `-O check` (the remote session itself): "
                      f"muxguard {dm:.1f} ms, OpenSSH master {do:.1f} ms")
+            L.append("")
+            L.append("In-process mux client (`bench/muxclient.py`: what the stock "
+                     "client sends, without starting an ssh process):")
+            L.append("")
+            L.append("| master | session `true` median ms | p90 ms | HELLO + ALIVE_CHECK median ms | p90 ms |")
+            L.append("|---|---:|---:|---:|---:|")
+            for name in ("muxguard", "openssh"):
+                t, c = lat[name]["in-true"], lat[name]["in-check"]
+                L.append(f"| {labels[name]} | {statistics.median(t):.2f} | "
+                         f"{percentile(t, 90):.2f} | {statistics.median(c):.2f} | "
+                         f"{percentile(c, 90):.2f} |")
+            L.append("")
+            r_in = statistics.median(mg["in-true"]) / statistics.median(osm["in-true"])
+            r_inc = statistics.median(mg["in-check"]) / statistics.median(osm["in-check"])
+            L.append(f"Ratio muxguard / OpenSSH master, in-process client: session "
+                     f"**{r_in:.2f}**, HELLO + ALIVE_CHECK **{r_inc:.2f}**")
         if lat_extra_auths:
             L.append(f"**WARNING**: sshd saw {lat_extra_auths} extra "
                      "authentications during the mux runs (a client fell back "
