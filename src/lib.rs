@@ -31,6 +31,7 @@ pub(crate) mod procfs;
 pub(crate) mod prompt;
 pub(crate) mod sandbox;
 pub(crate) mod sandbox_cmd;
+pub(crate) mod scm;
 pub(crate) mod setup;
 pub(crate) mod spill;
 pub(crate) mod state;

@@ -297,7 +297,6 @@ struct Request {
 /// Reads one request frame with its descriptors; `Ok(None)` at a clean
 /// end. Descriptors are collected from every read that makes up the frame.
 fn receive_request(socket: &UnixStream) -> io::Result<Option<Request>> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut bytes = Vec::new();
     let mut fds = Vec::new();
     let mut buf = [0u8; 4096];
@@ -311,25 +310,14 @@ fn receive_request(socket: &UnixStream) -> io::Result<Option<Request>> {
         }
         let room = (wanted - bytes.len()).min(buf.len());
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_PINNED))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = rustix::net::recvmsg(
-            socket,
-            &mut [io::IoSliceMut::new(&mut buf[..room])],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received_fds) = message {
-                fds.extend(received_fds);
-            }
-        }
-        if received.bytes == 0 {
+        let received = crate::scm::recv_with_fds(socket, &mut buf[..room], &mut space, &mut fds)?;
+        if received == 0 {
             if bytes.is_empty() {
                 return Ok(None);
             }
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        bytes.extend_from_slice(&buf[..received.bytes]);
+        bytes.extend_from_slice(&buf[..received]);
         if bytes.len() > 4 + MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

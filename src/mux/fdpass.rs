@@ -8,12 +8,11 @@
 //! order, whatever grouping the client used.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
@@ -154,20 +153,7 @@ impl ControlReader {
             .async_io(Interest::READABLE, || {
                 let mut space =
                     [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
-                let mut control = RecvAncillaryBuffer::new(&mut space);
-                let mut iov = [IoSliceMut::new(buf)];
-                let received = rustix::net::recvmsg(
-                    &**stream,
-                    &mut iov,
-                    &mut control,
-                    RecvFlags::CMSG_CLOEXEC,
-                )?;
-                for message in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(received_fds) = message {
-                        fds.extend(received_fds);
-                    }
-                }
-                Ok(received.bytes)
+                Ok(crate::scm::recv_with_fds(&**stream, buf, &mut space, fds)?)
             })
             .await?;
         if self.fds.len() > MAX_QUEUED_FDS {
