@@ -168,6 +168,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `AddressFamily inet`: a remote forward to port 0 binds every loopback
+/// address, ::1 first, then 127.0.0.1 on the port the kernel gave ::1. That
+/// port can be in use on 127.0.0.1 only (this sshd's own, or another test's
+/// server): sshd then keeps the ::1 listener and reports the port, and the
+/// test, connecting to 127.0.0.1, reached sshd itself (seen once in
+/// `remote_forward_port_zero`). IPv4 only, the port is the kernel's pick.
+///
 /// `SetEnv SHLVL=1`: Debian's bash reads `~/.bashrc` for `ssh host cmd` only
 /// as a top-level shell, and with SHLVL set it is not. The account's rc
 /// files are not what a test measures, and a slow one stalls every session:
@@ -177,6 +184,7 @@ fn sshd_config(port: u16, host_key: &Path, authorized_keys: &Path, config: &Sshd
     format!(
         "\
 ListenAddress 127.0.0.1:{port}
+AddressFamily inet
 HostKey {host_key}
 AuthorizedKeysFile {authorized_keys}
 PubkeyAuthentication yes
