@@ -5,7 +5,8 @@
 //!
 //! PID reuse: each process's /proc directory is opened once and every file
 //! of it is read relative to that descriptor (the sandboxed master sends
-//! the connecting process's to the proc helper, which walks from it), which stays bound to the process it was opened for: once
+//! the connecting process's to the proc helper, which walks from it). A
+//! directory descriptor stays bound to the process it was opened for: once
 //! that process exits, reads through it fail, whoever has the pid by then.
 //! A pidfd is opened on the peer as soon as its pid is known and gives a
 //! reliable "has it exited?" (it polls readable then). The walk is trusted
