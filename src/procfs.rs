@@ -194,23 +194,27 @@ mod tests {
     #[test]
     fn a_command_line_of_several_pages_is_read_whole() {
         let long = "x".repeat(10_000);
-        let mut child = std::process::Command::new("sleep")
-            .args(["60", &long])
+        // A shell waiting on its stdin keeps any arguments (sleep would
+        // reject the long one and exit, leaving an empty command line).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line", "sh", &long])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let dir = ProcDir::open(child.id()).unwrap();
+        let expected = format!("sh\x00-c\x00read line\x00sh\x00{long}\x00").into_bytes();
         // Until the exec is done the directory shows the forked test binary.
         let mut cmdline = Vec::new();
-        for _ in 0..500 {
-            cmdline = dir.read("cmdline").unwrap();
-            if cmdline.starts_with(b"sleep\0") {
+        for _ in 0..1000 {
+            cmdline = dir.read("cmdline").unwrap_or_default();
+            if cmdline.starts_with(b"sh\0-c") {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(cmdline, format!("sleep\x0060\x00{long}\x00").into_bytes());
+        assert_eq!(cmdline, expected);
     }
 
     #[test]
