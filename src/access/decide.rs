@@ -477,22 +477,94 @@ pub fn admits(
 /// User and group names from /etc/passwd and /etc/group (local accounts;
 /// a name the files do not know simply is not used for matching).
 pub mod accounts {
+    use std::sync::{Arc, Mutex};
+
     pub fn user_name(uid: u32) -> Option<String> {
-        lookup("/etc/passwd", uid)
+        find(&PASSWD.text()?, uid)
     }
 
-    /// The names of those of `gids` that /etc/group knows, in order (one
-    /// read of the file for all of them).
+    /// The names of those of `gids` that /etc/group knows, in order.
     pub fn group_names(gids: &[u32]) -> Vec<String> {
-        let Ok(text) = std::fs::read_to_string("/etc/group") else {
+        let Some(text) = GROUP.text() else {
             return Vec::new();
         };
         gids.iter().filter_map(|g| find(&text, *g)).collect()
     }
 
-    fn lookup(file: &str, id: u32) -> Option<String> {
-        let text = std::fs::read_to_string(file).ok()?;
-        find(&text, id)
+    static PASSWD: AccountFile = AccountFile::new("/etc/passwd");
+    static GROUP: AccountFile = AccountFile::new("/etc/group");
+
+    /// An account file, read again only once it has changed: the proc
+    /// helper looks names up for every connection, and a `stat` is one
+    /// system call where a read is five.
+    struct AccountFile {
+        path: &'static str,
+        read: Mutex<Option<(Stamp, Arc<str>)>>,
+    }
+
+    /// What tells that a file changed: another file (replaced by rename,
+    /// as `vipw` and `useradd` do), another size, or another modification
+    /// or status-change time (nanoseconds).
+    type Stamp = (u64, u64, i64, [i64; 4]);
+
+    impl AccountFile {
+        const fn new(path: &'static str) -> AccountFile {
+            AccountFile {
+                path,
+                read: Mutex::new(None),
+            }
+        }
+
+        fn text(&self) -> Option<Arc<str>> {
+            let st = rustix::fs::stat(self.path).ok()?;
+            let stamp: Stamp = (
+                st.st_dev as u64,
+                st.st_ino as u64,
+                st.st_size as i64,
+                [
+                    st.st_mtime as i64,
+                    st.st_mtime_nsec as i64,
+                    st.st_ctime as i64,
+                    st.st_ctime_nsec as i64,
+                ],
+            );
+            let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((seen, text)) = read.as_ref()
+                && *seen == stamp
+            {
+                return Some(Arc::clone(text));
+            }
+            // Changed between the stat and the read: the next stat differs
+            // from the stamp kept, and the file is read again then.
+            let text: Arc<str> = std::fs::read_to_string(self.path).ok()?.into();
+            // File times come from a clock that ticks every few ms: a
+            // same-size edit within the tick of the one read would keep
+            // the stamp. A file changed in the last two seconds is
+            // therefore not kept, and read each time until it is older.
+            let modified = u64::try_from(st.st_mtime).ok().and_then(|secs| {
+                let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+                std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+            });
+            let settled = modified
+                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(2));
+            *read = settled.then(|| (stamp, Arc::clone(&text)));
+            Some(text)
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn names_from(path: &'static str) -> impl Fn(u32) -> Option<String> {
+        let file = AccountFile::new(path);
+        move |id| find(&file.text()?, id)
+    }
+
+    /// Whether two reads of a file unchanged for a while share one text.
+    #[cfg(test)]
+    pub(super) fn same_text_twice(path: &'static str) -> bool {
+        let file = AccountFile::new(path);
+        let (a, b) = (file.text(), file.text());
+        a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(&a, &b))
     }
 
     /// The name on the first `name:x:id:…` line with this id.
@@ -516,6 +588,46 @@ mod tests {
         assert_eq!(accounts::find(passwd, 1000).as_deref(), Some("alice"));
         assert_eq!(accounts::find(passwd, 0).as_deref(), Some("root"));
         assert_eq!(accounts::find(passwd, 5), None);
+    }
+
+    #[test]
+    fn an_account_file_is_read_again_once_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path: &'static str = Box::leak(
+            dir.path()
+                .join("passwd")
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        );
+        std::fs::write(path, "alice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+        assert!(
+            !accounts::same_text_twice(path),
+            "a file changed just now is read each time"
+        );
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(
+            accounts::same_text_twice(path),
+            "an unchanged file is not read again"
+        );
+        let names = accounts::names_from(path);
+        assert_eq!(names(1000).as_deref(), Some("alice"));
+        // Replaced by rename, as vipw and useradd do; and edited in place
+        // with the same size.
+        let next = dir.path().join("passwd.new");
+        std::fs::write(&next, "bob:x:1000:1000::/home/bob:/bin/sh\n").unwrap();
+        std::fs::rename(&next, path).unwrap();
+        assert_eq!(names(1000).as_deref(), Some("bob"));
+        std::fs::write(path, "eve:x:1000:1000::/home/bob:/bin/sh\n").unwrap();
+        assert_eq!(names(1000).as_deref(), Some("eve"));
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(names(1000), None, "a file gone names nobody");
     }
 
     #[test]
