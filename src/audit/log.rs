@@ -8,22 +8,25 @@
 //! land at the end but does not promise they are never split (NFS, very
 //! large writes, writers that retry short writes).
 //!
-//! A failed or short write leaves the chain where it was and is returned to
-//! the caller, which fails closed; a short write is also cut back off the
-//! file so that the next record, ours or another master's, does not end up
-//! glued to a partial line.
+//! A short write is followed by one write of the rest (which completes the
+//! line, or fails with the reason, e.g. `ENOSPC`). A failed write leaves
+//! the chain where it was and is returned to the caller, which fails
+//! closed; a partial line is also cut back off the file so that the next
+//! record, ours or another master's, does not end up glued to it.
 //!
-//! The calls block (on the lock, and on `fdatasync` for durable records);
-//! async callers run them on a thread of their own. The wait for the lock
-//! is bounded ([`LOCK_WAIT`], or what [`AuditLog::append_within`] is
-//! given): anyone who can open the file can hold its lock, and that must
-//! cost them a refused record, not a master that waits forever.
+//! The calls block (on the lock, and on `fdatasync` for durable records),
+//! except [`AuditLog::append_unless_locked`], which only tries the lock and
+//! writes to the page cache: the master's event loop appends with it and
+//! leaves waits and syncs to a thread of its own. The wait for the lock is
+//! bounded ([`LOCK_WAIT`], or what [`AuditLog::append_within`] is given):
+//! anyone who can open the file can hold its lock, and that must cost them
+//! a refused record, not a master that waits forever.
 
 use std::fs::{DirBuilder, File};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
@@ -41,7 +44,6 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug)]
 pub struct AuditLog {
     file: OwnedFd,
-    path: PathBuf,
     chain: Chain,
     /// The last record written (without its newline), for copies elsewhere.
     last_line: Vec<u8>,
@@ -62,14 +64,13 @@ impl AuditLog {
         let file = open_log_file(path)?;
         let mut log = AuditLog {
             file,
-            path: path.to_owned(),
             chain: Chain::new(stream),
             last_line: Vec::new(),
         };
         log.write_record(
             &Event::MasterStart(start),
             Durability::Synced,
-            LOCK_WAIT,
+            LockWait::Within(LOCK_WAIT),
             write_once,
         )?;
         Ok(log)
@@ -90,13 +91,27 @@ impl AuditLog {
     /// [`append`](Self::append), waiting at most `wait` for the file's
     /// lock ([`io::ErrorKind::TimedOut`] after it).
     pub fn append_within(&mut self, event: &Event, wait: std::time::Duration) -> io::Result<()> {
-        self.write_record(event, Durability::Buffered, wait, write_once)
+        self.write_record(
+            event,
+            Durability::Buffered,
+            LockWait::Within(wait),
+            write_once,
+        )
+        .map(|_| ())
+    }
+
+    /// [`append`](Self::append) if the file's lock is free right now:
+    /// `Ok(false)`, with nothing written and the stream as it was, if
+    /// another process holds it. Never sleeps; the write goes to the page
+    /// cache.
+    pub fn append_unless_locked(&mut self, event: &Event) -> io::Result<bool> {
+        self.write_record(event, Durability::Buffered, LockWait::No, write_once)
+            .map(|written| written == Written::Yes)
     }
 
     /// Appends a record and returns only once it is on disk (`fdatasync`).
-    /// The master's writer thread appends decisions with
-    /// [`append_within`](Self::append_within) and syncs them with
-    /// [`sync`](Self::sync), once for all that arrived together (see
+    /// The master appends decisions like any record and syncs them on its
+    /// writer thread, once for all that arrived together (see
     /// `Recorder::record_durably`); this one-call form serves the tests
     /// of concurrent durable writers.
     ///
@@ -105,7 +120,13 @@ impl AuditLog {
     /// the caller can still fail closed.
     #[cfg(test)]
     pub fn append_durable(&mut self, event: &Event) -> io::Result<()> {
-        self.write_record(event, Durability::Synced, LOCK_WAIT, write_once)
+        self.write_record(
+            event,
+            Durability::Synced,
+            LockWait::Within(LOCK_WAIT),
+            write_once,
+        )
+        .map(|_| ())
     }
 
     /// Writes the stream's `master_stop` record durably and closes the
@@ -114,12 +135,19 @@ impl AuditLog {
         let event = Event::MasterStop(MasterStop {
             reason: reason.into(),
         });
-        self.write_record(&event, Durability::Synced, LOCK_WAIT, write_once)
+        self.write_record(
+            &event,
+            Durability::Synced,
+            LockWait::Within(LOCK_WAIT),
+            write_once,
+        )
+        .map(|_| ())
     }
 
-    /// Makes every record written so far durable (`fdatasync`).
-    pub fn sync(&self) -> io::Result<()> {
-        sync(&self.file)
+    /// A second descriptor of the log file, to make what is written durable
+    /// without holding the log (see [`sync_file`]).
+    pub fn sync_handle(&self) -> io::Result<OwnedFd> {
+        self.file.try_clone()
     }
 
     /// The last record written, as its exact line (no newline).
@@ -139,22 +167,20 @@ impl AuditLog {
         self.chain.next_seq()
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Builds the record and writes it with `write`, which tests replace to
     /// provoke short writes and errors.
     fn write_record(
         &mut self,
         event: &Event,
         durability: Durability,
-        lock_wait: std::time::Duration,
+        lock_wait: LockWait,
         mut write: impl FnMut(BorrowedFd<'_>, &[u8]) -> io::Result<usize>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Written> {
         let fd = self.file.as_fd();
         {
-            let _lock = FileLock::exclusive_within(fd, lock_wait)?;
+            let Some(_lock) = FileLock::exclusive(fd, lock_wait)? else {
+                return Ok(Written::LockHeld);
+            };
             // The time is taken under the lock so that, between masters,
             // file order is time order as far as the clock allows.
             let pending = self
@@ -176,7 +202,20 @@ impl AuditLog {
                 pending.bytes()
             };
 
-            let written = retry_interrupted(|| write(fd, bytes))?;
+            let mut written = retry_interrupted(|| write(fd, bytes))?;
+            if written != 0 && written < bytes.len() {
+                // A short write to a regular file is the disk (or a size
+                // limit) filling up, or a signal. The rest, written once
+                // more under our lock, lands right after the first part:
+                // it completes the line, or its error says why not.
+                match retry_interrupted(|| write(fd, &bytes[written..])) {
+                    Ok(more) => written += more,
+                    Err(e) => {
+                        let _ = rustix::fs::ftruncate(fd, end);
+                        return Err(e);
+                    }
+                }
+            }
             if written != bytes.len() {
                 // Nobody else writes while we hold the lock, so the file
                 // ended at `end` before this write: cut the partial line
@@ -203,8 +242,23 @@ impl AuditLog {
         if durability == Durability::Synced {
             retry_interrupted(|| rustix::fs::fdatasync(fd).map_err(io::Error::from))?;
         }
-        Ok(())
+        Ok(Written::Yes)
     }
+}
+
+/// How long an append waits for another process's lock on the file.
+#[derive(Debug, Clone, Copy)]
+enum LockWait {
+    Within(std::time::Duration),
+    No,
+}
+
+/// Whether an append wrote its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// Another process held the lock and the append did not wait.
+    LockHeld,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +272,9 @@ fn write_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     Ok(rustix::io::write(fd, bytes)?)
 }
 
-/// Waits until everything written to the log file so far is on disk.
-fn sync(file: &OwnedFd) -> io::Result<()> {
+/// Waits until everything written to the log file so far is on disk, by
+/// any of its descriptors.
+pub fn sync_file(file: &OwnedFd) -> io::Result<()> {
     retry_interrupted(|| rustix::fs::fdatasync(file).map_err(io::Error::from))
 }
 
@@ -311,15 +366,26 @@ struct FileLock<'fd> {
 }
 
 impl<'fd> FileLock<'fd> {
-    /// Polls for the exclusive lock until `wait` has passed. `flock` has no
+    /// Polls for the exclusive lock until `wait` has passed (`None` at once
+    /// if it is held and `wait` is [`LockWait::No`]). `flock` has no
     /// timeout of its own, and a blocked `flock` cannot be interrupted
     /// without a signal handler.
-    fn exclusive_within(fd: BorrowedFd<'fd>, wait: std::time::Duration) -> io::Result<Self> {
+    fn exclusive(fd: BorrowedFd<'fd>, wait: LockWait) -> io::Result<Option<Self>> {
         const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+        let wait = match wait {
+            LockWait::Within(wait) => wait,
+            LockWait::No => {
+                return match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
+                    Ok(()) => Ok(Some(FileLock { fd })),
+                    Err(Errno::WOULDBLOCK | Errno::INTR) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
         let deadline = std::time::Instant::now() + wait;
         loop {
             match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(FileLock { fd }),
+                Ok(()) => return Ok(Some(FileLock { fd })),
                 Err(Errno::INTR) => continue,
                 Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(POLL);
@@ -470,18 +536,26 @@ mod tests {
 
         // The disk fills up: nothing written.
         let err = log
-            .write_record(&escape(2), Durability::Synced, LOCK_WAIT, |_, _| {
-                Err(io::Error::from_raw_os_error(28)) // ENOSPC
-            })
+            .write_record(
+                &escape(2),
+                Durability::Synced,
+                LockWait::Within(LOCK_WAIT),
+                |_, _| {
+                    Err(io::Error::from_raw_os_error(28)) // ENOSPC
+                },
+            )
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(28));
         assert_eq!(log.records(), 2);
 
         // The disk fills up mid-line: half the line gets in.
         let err = log
-            .write_record(&escape(3), Durability::Buffered, LOCK_WAIT, |fd, bytes| {
-                write_once(fd, &bytes[..bytes.len() / 2])
-            })
+            .write_record(
+                &escape(3),
+                Durability::Buffered,
+                LockWait::Within(LOCK_WAIT),
+                |fd, bytes| write_once(fd, &bytes[..bytes.len() / 2]),
+            )
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WriteZero);
         assert_eq!(log.records(), 2);
@@ -491,11 +565,47 @@ mod tests {
             "partial line not cut off"
         );
 
+        // The disk fills up mid-line and stays full: the rest's error is
+        // the one told, and the partial line is cut off.
+        let mut calls = 0;
+        let err = log
+            .write_record(
+                &escape(3),
+                Durability::Buffered,
+                LockWait::Within(LOCK_WAIT),
+                |fd, bytes| {
+                    calls += 1;
+                    if calls == 1 {
+                        write_once(fd, &bytes[..10])
+                    } else {
+                        Err(io::Error::from_raw_os_error(28))
+                    }
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
+        assert_eq!(log.records(), 2);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        // Interrupted mid-line, then the rest goes in: one whole record.
+        let mut calls = 0;
+        log.write_record(
+            &escape(3),
+            Durability::Buffered,
+            LockWait::Within(LOCK_WAIT),
+            |fd, bytes| {
+                calls += 1;
+                write_once(fd, if calls == 1 { &bytes[..10] } else { bytes })
+            },
+        )
+        .unwrap();
+        assert_eq!(log.records(), 3);
+
         // The next record chains to the last one really written.
         log.append(&escape(4)).unwrap();
         let report = verify_bytes(&std::fs::read(&path).unwrap());
         assert!(report.is_ok(), "{report}");
-        assert_eq!(report.streams[0].records, 3);
+        assert_eq!(report.streams[0].records, 4);
     }
 
     #[test]

@@ -2,35 +2,58 @@
 //! written as things happen, and decisions written before what they allow
 //! starts and on disk before anything flows through it.
 //!
+//! A record is appended where it happens, on the event loop, when nothing
+//! stands in the way: the file's lock is free (tried, never waited for)
+//! and no earlier record is still with the writer thread. Such a write
+//! goes to the page cache, so a session's records cost no hand-off to
+//! another thread and a decision is in the file the moment it is made.
+//! Whatever may wait goes to the writer thread, in order: a record that
+//! met another process's lock, every record recorded while one is queued
+//! (so that the file keeps the order of events), and each `fdatasync`.
+//!
 //! Fail closed: when a decision cannot be recorded (disk full, log
 //! unwritable, log never opened), the request is denied with that reason,
 //! unless the policy says `audit_failure = "allow"`. Other records are best
 //! effort and a failure is logged.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use super::chain::{Event, MasterStart};
 use super::journal::Journal;
-use super::log::{AuditLog, LOCK_WAIT};
+use super::log::{AuditLog, LOCK_WAIT, sync_file};
 
-/// Records waiting for the writer at most; past it, best-effort records
-/// are dropped (and logged) and decisions are refused.
+/// Jobs waiting for the writer at most; past it, best-effort records are
+/// dropped (and logged) and decisions are refused.
 const BACKLOG: usize = 4096;
 
-/// The audit stream of one master. Every record goes through one writer
-/// thread, in order, so that nothing on the event loop ever waits for the
-/// file's lock or the disk.
+/// The audit stream of one master. Nothing on the event loop ever waits
+/// for the file's lock or the disk: that is the writer thread's part.
 pub struct Recorder {
-    path: PathBuf,
     /// `Err` keeps why the log could not be opened, for every refusal.
-    writer: Result<SyncSender<Job>, RecordError>,
-    /// Set once the stop record is written; the stream ends there.
+    stream: Result<Arc<Stream>, RecordError>,
+    /// Set once the stop record is asked for; the stream ends there.
     stopped: Mutex<bool>,
+}
+
+/// What the recording side and the writer thread share.
+struct Stream {
+    path: PathBuf,
+    /// `None` once the stop record is written. Held for one append at a
+    /// time; the writer holds it while it waits for another process's lock,
+    /// and the recording side then queues instead of waiting.
+    log: Mutex<Option<AuditLog>>,
+    journal: Option<Journal>,
+    /// Appends handed to the writer and not yet done (counted down under
+    /// `log`'s lock once the record is in the file, or has failed).
+    queued: AtomicUsize,
+    jobs: SyncSender<Job>,
 }
 
 enum Job {
@@ -41,6 +64,8 @@ enum Job {
         /// append and of the `fdatasync` after it go.
         done: Option<Waiters>,
     },
+    /// A record already in the file that something waits to see on disk.
+    Sync { synced: oneshot::Sender<Outcome> },
     Stop {
         reason: String,
         done: mpsc::Sender<()>,
@@ -59,17 +84,8 @@ impl Recorder {
         if let (Some(journal), Ok(log)) = (&journal, &log) {
             journal.send(&String::from_utf8_lossy(log.last_line()));
         }
-        let writer = log.and_then(|log| {
-            let (jobs, queue) = mpsc::sync_channel(BACKLOG);
-            std::thread::Builder::new()
-                .name("audit writer".into())
-                .spawn(move || write_jobs(log, journal, queue))
-                .map(|_| jobs)
-                .map_err(|e| RecordError::NoWriter(Arc::new(e)))
-        });
         Recorder {
-            path: path.to_path_buf(),
-            writer,
+            stream: log.and_then(|log| Stream::start(path, log, journal)),
             stopped: Mutex::new(false),
         }
     }
@@ -81,7 +97,7 @@ impl Recorder {
         }
     }
 
-    /// Queues `event`, in order with every other record, and returns the
+    /// Records `event`, in order with every other record, and returns the
     /// waits for it to be in the file and then on disk, so that the caller
     /// can do preparatory work meanwhile and await each before what it
     /// guards. `Err` at once if it cannot even be queued.
@@ -105,20 +121,11 @@ impl Recorder {
         if *self.stopped.lock().expect("not poisoned") {
             return Err(RecordError::MasterStopped);
         }
-        let writer = self.writer.as_ref().map_err(Clone::clone)?;
-        let name = event.name();
-        let job = Job::Append {
-            event,
-            queued: Instant::now(),
-            done,
-        };
-        writer.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => RecordError::Backlog {
-                name,
-                path: self.path.clone(),
-            },
-            TrySendError::Disconnected(_) => RecordError::WriterStopped,
-        })
+        let stream = self.stream.as_ref().map_err(Clone::clone)?;
+        match stream.append_here(&event) {
+            Some(written) => stream.after_append_here(written, event.name(), done),
+            None => stream.queue(event, done),
+        }
     }
 
     /// Writes the stop record; the stream ends here. Waits for the writer
@@ -129,7 +136,7 @@ impl Recorder {
         if std::mem::replace(&mut *stopped, true) {
             return;
         }
-        let Ok(writer) = &self.writer else {
+        let Ok(stream) = &self.stream else {
             return;
         };
         let (done, finished) = mpsc::channel();
@@ -137,9 +144,152 @@ impl Recorder {
             reason: reason.to_owned(),
             done,
         };
-        if writer.send(job).is_ok() {
+        if stream.jobs.send(job).is_ok() {
             let _ = finished.recv();
         }
+    }
+}
+
+impl Stream {
+    fn start(
+        path: &Path,
+        log: AuditLog,
+        journal: Option<Journal>,
+    ) -> Result<Arc<Stream>, RecordError> {
+        let sync_handle = log.sync_handle().map_err(|e| RecordError::write(path, e))?;
+        let (jobs, queue) = mpsc::sync_channel(BACKLOG);
+        let stream = Arc::new(Stream {
+            path: path.to_path_buf(),
+            log: Mutex::new(Some(log)),
+            journal,
+            queued: AtomicUsize::new(0),
+            jobs,
+        });
+        let writer = Arc::clone(&stream);
+        std::thread::Builder::new()
+            .name("audit writer".into())
+            .spawn(move || write_jobs(&writer, &sync_handle, queue))
+            .map_err(|e| RecordError::NoWriter(Arc::new(e)))?;
+        Ok(stream)
+    }
+
+    /// Appends `event` now if nothing stands in the way; `None` if it must
+    /// go to the writer (a record is queued there, the writer holds the
+    /// log, or another process holds the file's lock).
+    fn append_here(&self, event: &Event) -> Option<Outcome> {
+        // Seen as 0, every queued append is done: the writer counts down
+        // under the log's lock, after the write.
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        let mut log = match self.log.try_lock() {
+            Ok(log) => log,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        let Some(log) = log.as_mut() else {
+            return Some(Err(RecordError::MasterStopped));
+        };
+        match log.append_unless_locked(event) {
+            Ok(true) => {
+                self.copy_to_journal(log);
+                Some(Ok(()))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err(RecordError::write(&self.path, e))),
+        }
+    }
+
+    /// Tells the waiters of a record appended here, and hands the sync of a
+    /// waited-on one to the writer.
+    fn after_append_here(
+        &self,
+        written: Outcome,
+        name: &'static str,
+        done: Option<Waiters>,
+    ) -> Result<(), RecordError> {
+        let Some(Waiters {
+            written: tell,
+            synced,
+        }) = done
+        else {
+            if let Err(e) = written {
+                tracing::error!("audit record {name} not written: {e}");
+            }
+            return Ok(());
+        };
+        let _ = tell.send(written.clone());
+        match written {
+            Ok(()) => self.send(Job::Sync { synced }, name),
+            Err(e) => {
+                let _ = synced.send(Err(e));
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands `event` to the writer, behind what is already there.
+    fn queue(&self, event: Event, done: Option<Waiters>) -> Result<(), RecordError> {
+        let name = event.name();
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job::Append {
+            event,
+            queued: Instant::now(),
+            done,
+        };
+        let sent = self.send(job, name);
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    fn send(&self, job: Job, name: &'static str) -> Result<(), RecordError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => RecordError::Backlog {
+                name,
+                path: self.path.clone(),
+            },
+            TrySendError::Disconnected(_) => RecordError::WriterStopped,
+        })
+    }
+
+    /// The writer's append of a queued record, waiting for the file's lock
+    /// at most [`LOCK_WAIT`] from when the record was queued, so that a
+    /// lock held by someone else costs the records queued meanwhile at most
+    /// that wait in all, not that wait each. A failure of a record nobody
+    /// waits on is logged.
+    fn append_queued(&self, event: &Event, queued: Instant, best_effort: bool) -> Outcome {
+        let mut log = self.lock_log();
+        let written = match log.as_mut() {
+            None => Err(RecordError::MasterStopped),
+            Some(log) => {
+                let wait = LOCK_WAIT.saturating_sub(queued.elapsed());
+                let written = log
+                    .append_within(event, wait)
+                    .map_err(|e| RecordError::write(&self.path, e));
+                if written.is_ok() {
+                    self.copy_to_journal(log);
+                }
+                written
+            }
+        };
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        drop(log);
+        if let (Err(e), true) = (&written, best_effort) {
+            tracing::error!("audit record {} not written: {e}", event.name());
+        }
+        written
+    }
+
+    fn copy_to_journal(&self, log: &AuditLog) {
+        if let Some(journal) = &self.journal {
+            journal.send(&String::from_utf8_lossy(log.last_line()));
+        }
+    }
+
+    fn lock_log(&self) -> MutexGuard<'_, Option<AuditLog>> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -211,23 +361,21 @@ fn writer_stopped() -> Outcome {
     Err(RecordError::WriterStopped)
 }
 
-/// Records written after one that waits for the disk, before the sync
-/// that then covers them all, at most.
+/// Jobs taken after one that waits for the disk, before the sync that then
+/// covers them all, at most.
 const GROUP_COMMIT: usize = 64;
 
-/// The writer thread: appends each queued record, waiting for the file's
-/// lock at most [`LOCK_WAIT`] from when the record was queued, so that a
-/// lock held by someone else costs the records queued meanwhile at most
-/// that wait in all, not that wait each. A record something waits on is
-/// followed by an `fdatasync` here, on this thread, after what was queued
-/// behind it is written too: decisions that arrive together share one sync
-/// (group commit), and the waiter is woken once, when its record is on
-/// disk.
-fn write_jobs(mut log: AuditLog, journal: Option<Journal>, queue: mpsc::Receiver<Job>) {
+/// The writer thread: appends the queued records and makes waited-on ones
+/// durable. A sync waits until what was queued behind its record is
+/// written too: decisions that arrive together share one `fdatasync`
+/// (group commit), through a descriptor of its own so that the recording
+/// side can go on appending meanwhile, and each waiter is woken once, when
+/// its record is on disk.
+fn write_jobs(stream: &Stream, sync_handle: &OwnedFd, queue: mpsc::Receiver<Job>) {
     while let Ok(job) = queue.recv() {
         let mut waiting = Vec::new();
         let mut next = Some(job);
-        let mut written_in_group = 0;
+        let mut taken = 0;
         while let Some(job) = next.take() {
             match job {
                 Job::Append {
@@ -235,8 +383,7 @@ fn write_jobs(mut log: AuditLog, journal: Option<Journal>, queue: mpsc::Receiver
                     queued,
                     done,
                 } => {
-                    let written =
-                        append(&mut log, journal.as_ref(), &event, queued, done.is_none());
+                    let written = stream.append_queued(&event, queued, done.is_none());
                     if let Some(Waiters {
                         written: tell,
                         synced,
@@ -246,58 +393,39 @@ fn write_jobs(mut log: AuditLog, journal: Option<Journal>, queue: mpsc::Receiver
                         waiting.push((synced, written));
                     }
                 }
+                Job::Sync { synced } => waiting.push((synced, Ok(()))),
                 Job::Stop { reason, done } => {
-                    answer_after_sync(&log, waiting);
-                    if let Err(e) = log.stop(reason) {
+                    answer_after_sync(&stream.path, sync_handle, waiting);
+                    if let Some(log) = stream.lock_log().take()
+                        && let Err(e) = log.stop(reason)
+                    {
                         tracing::error!("audit stop record not written: {e}");
                     }
                     let _ = done.send(());
                     return;
                 }
             }
-            written_in_group += 1;
-            if !waiting.is_empty() && written_in_group < GROUP_COMMIT {
+            taken += 1;
+            if !waiting.is_empty() && taken < GROUP_COMMIT {
                 next = queue.try_recv().ok();
             }
         }
-        answer_after_sync(&log, waiting);
+        answer_after_sync(&stream.path, sync_handle, waiting);
     }
-}
-
-/// Appends one record; a failure of a record nobody waits on is logged.
-fn append(
-    log: &mut AuditLog,
-    journal: Option<&Journal>,
-    event: &Event,
-    queued: Instant,
-    best_effort: bool,
-) -> Outcome {
-    let wait = LOCK_WAIT.saturating_sub(queued.elapsed());
-    let written = log
-        .append_within(event, wait)
-        .map_err(|e| RecordError::write(log.path(), e));
-    match &written {
-        Ok(()) => {
-            if let Some(journal) = journal {
-                journal.send(&String::from_utf8_lossy(log.last_line()));
-            }
-        }
-        Err(e) if best_effort => {
-            tracing::error!("audit record {} not written: {e}", event.name());
-        }
-        Err(_) => {}
-    }
-    written
 }
 
 /// Syncs the file once for every waiting record that was written, and
 /// tells each waiter its record's fate.
-fn answer_after_sync(log: &AuditLog, waiting: Vec<(oneshot::Sender<Outcome>, Outcome)>) {
+fn answer_after_sync(
+    path: &Path,
+    sync_handle: &OwnedFd,
+    waiting: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+) {
     if waiting.is_empty() {
         return;
     }
     let synced = if waiting.iter().any(|(_, written)| written.is_ok()) {
-        log.sync().map_err(|e| RecordError::write(log.path(), e))
+        sync_file(sync_handle).map_err(|e| RecordError::write(path, e))
     } else {
         Ok(())
     };
@@ -311,6 +439,7 @@ mod tests {
     use super::*;
     use crate::audit::chain::tests::{escape, master_start};
     use crate::audit::chain::verify_bytes;
+    use std::time::Duration;
 
     /// A log that cannot be opened refuses every waited-on record with a
     /// reason that names the file; after stop, records are refused too.
@@ -333,6 +462,76 @@ mod tests {
             open.record_durably(escape(2)),
             Err(RecordError::MasterStopped)
         ));
+    }
+
+    fn sessions_in(path: &Path) -> Vec<u64> {
+        String::from_utf8(std::fs::read(path).unwrap())
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value.get("session").and_then(serde_json::Value::as_u64)
+            })
+            .collect()
+    }
+
+    /// With the file's lock free and nothing queued, a record is in the
+    /// file when `record` returns, and a decision is written before
+    /// `record_durably` returns: no hand-off to the writer thread.
+    #[test]
+    fn a_record_is_in_the_file_when_recording_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorder = Recorder::start(&path, master_start("host"));
+        recorder.record(escape(1));
+        assert_eq!(sessions_in(&path), [1]);
+        let pending = recorder.record_durably(escape(2)).unwrap();
+        assert_eq!(sessions_in(&path), [1, 2]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(pending.synced()).unwrap();
+        recorder.stop("test over");
+    }
+
+    /// While another process holds the file's lock, recording writes
+    /// nothing: the records wait for the writer, and those made while any
+    /// still waits queue behind them, so the file keeps the order they
+    /// were made in.
+    #[test]
+    fn records_met_by_a_held_lock_wait_in_order() {
+        use rustix::fs::{FlockOperation, flock};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorder = Recorder::start(&path, master_start("host"));
+        recorder.record(escape(1));
+        let other = std::fs::File::open(&path).unwrap();
+        flock(&other, FlockOperation::LockExclusive).unwrap();
+
+        recorder.record(escape(2));
+        let mut decision = recorder.record_durably(escape(3)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let waited = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), decision.written()).await
+        });
+        assert!(
+            waited.is_err(),
+            "a decision was written under another's lock"
+        );
+        assert_eq!(sessions_in(&path), [1]);
+
+        flock(&other, FlockOperation::Unlock).unwrap();
+        // Made after the lock is gone, while 2 and 3 may still be queued.
+        recorder.record(escape(4));
+        rt.block_on(decision.synced()).unwrap();
+        recorder.record(escape(5));
+        recorder.stop("test over");
+        assert_eq!(sessions_in(&path), [1, 2, 3, 4, 5]);
+        let report = verify_bytes(&std::fs::read(&path).unwrap());
+        assert!(report.is_ok(), "{report}");
     }
 
     /// Decisions queued together, between best-effort records, are each
