@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::access::decide::{self, PolicyStore};
-use crate::access::peer::Peer;
+use crate::access::peer::{ConnectedProcess, Peer};
 use crate::access::policy::{Destination, ForwardPorts, Ports};
 use crate::audit::chain as audit;
 use crate::audit::recorder::Recorder;
@@ -501,7 +501,10 @@ async fn admit_and_serve(
     };
     // A task of its own, so that a connection dropped meanwhile never
     // leaves a question to the proc helper half asked.
-    let identifying = tokio::spawn(Peer::identify(cred));
+    // Taken from the socket: the process that connected, whatever became
+    // of its pid since.
+    let connected = ConnectedProcess::of(&stream);
+    let identifying = tokio::spawn(Peer::identify(cred, connected));
     let lookup = if cred.uid.as_raw() == my_uid {
         PeerLookup::Pending(identifying)
     } else {

@@ -1003,6 +1003,143 @@ action = \"allow\"
     );
 }
 
+/// Connects, leaves the socket to a child in a session of its own that
+/// asks for `touch MARKER` as soon as the master answers, prints its pid
+/// and exits.
+const VANISHING_CLIENT: &str = r#"
+import os, socket, struct, sys
+path, marker = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+if os.fork() == 0:
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    u32 = lambda v: struct.pack(">I", v)
+    string = lambda b: u32(len(b)) + b
+    packet = lambda body: u32(len(body)) + body
+    s.sendall(packet(u32(1) + u32(4)))
+    s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
+                     + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
+    for _ in range(3):
+        socket.send_fds(s, [b"\0"], [null])
+    s.settimeout(20)
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+print(os.getpid(), flush=True)
+"#;
+
+/// Starts `command` as process `pid` (free again, the caller knows), by
+/// setting the kernel's last-given pid just below it; other processes
+/// starting meanwhile can take it first, so this tries a few times.
+/// `None` if the pid cannot be steered (not root, or no luck).
+fn spawn_as_pid(pid: u32, mut command: impl FnMut() -> Command) -> Option<std::process::Child> {
+    for _ in 0..50 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut child = command().spawn().expect("spawn");
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// Resumes a stopped process however the test ends.
+struct Stopped(rustix::process::Pid);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// The pid SO_PEERCRED gives is a number, and may be another process's by
+/// the time the master looks. A client connects while the master is
+/// stopped (so it cannot accept yet), hands the socket on and exits; a
+/// program a rule allows then starts under its pid. The master, resumed,
+/// must not take that program for the client: the request is refused.
+/// (Before SO_PEERPIDFD the master opened a pidfd from the pid after
+/// accept and trusted the newcomer.)
+#[test]
+fn a_pid_taken_over_after_connecting_is_not_the_client() {
+    if !running_as_root() {
+        eprintln!("skipped: steering pids needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let policies = Policies::new(&env);
+    write_policy(
+        &policies.user,
+        "\
+[defaults]
+action = \"deny\"
+
+[[rule]]
+name = \"python\"
+programs = [\"/usr/bin/python3*\"]
+action = \"allow\"
+",
+    );
+    let master = start_with_policy(&env, &policies);
+    let touched = marker(&env, "taken-over");
+    let stopped = Stopped::stop(master.pid());
+    let out = run(env
+        .command("/usr/bin/python3")
+        .args(["-c", VANISHING_CLIENT])
+        .arg(env.control_path())
+        .arg(&touched));
+    out.assert_success("the vanishing client");
+    let pid: u32 = out.stdout.trim().parse().expect("the client's pid");
+    // An allowed program, session leader (so it is the program a rule
+    // matches), now under the client's pid.
+    let Some(mut taker) = spawn_as_pid(pid, || {
+        let mut python = Command::new("/usr/bin/python3");
+        python.args(["-c", "import os, time; os.setsid(); time.sleep(30)"]);
+        python
+    }) else {
+        eprintln!("skipped: pid {pid} could not be given to another process");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stopped);
+
+    let audit_path = env.path().join("state/muxguard/audit.jsonl");
+    assert!(
+        common::process::poll_until(Duration::from_secs(10), || {
+            fs::read_to_string(&audit_path).is_ok_and(|a| a.contains("\"decision\""))
+        }),
+        "no decision for the client's request"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = taker.kill();
+    let _ = taker.wait();
+    assert!(
+        !touched.exists(),
+        "a request ran as the program that took over the client's pid"
+    );
+    let audit = fs::read_to_string(&audit_path).expect("audit");
+    let decision = audit
+        .lines()
+        .rfind(|l| l.contains("\"decision\""))
+        .expect("a decision");
+    assert!(decision.contains("\"deny\""), "{decision}");
+}
+
 /// `-O cancel` is control of the master (like `-O exit`), not a forward:
 /// a policy that allows forwards but denies control lets a forward be
 /// opened and refuses its cancelling, naming the rule.

@@ -28,7 +28,7 @@
 //! taken as ssh, a shell or a wrapper when the chain is interpreted.
 
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -124,17 +124,53 @@ pub struct Peer {
     drifted: OnceLock<String>,
 }
 
+/// The process that connected, as the socket pins it (SO_PEERPIDFD):
+/// unlike its pid, this cannot come to name another process.
+pub enum ConnectedProcess {
+    Pinned(OwnedFd),
+    /// It has exited (and been reaped): whatever runs under its pid now
+    /// is someone else, so no chain read from that pid is trusted.
+    Gone,
+    /// The kernel cannot say (before Linux 6.5): a pidfd is opened from
+    /// the pid instead, which a process that exited before that moment
+    /// may already have handed on.
+    Unknown,
+}
+
+impl ConnectedProcess {
+    pub fn of(socket: &impl AsFd) -> ConnectedProcess {
+        use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+        match getsockopt(socket, PeerPidfd) {
+            Ok(fd) => ConnectedProcess::Pinned(fd),
+            Err(nix::errno::Errno::ENOPROTOOPT) => ConnectedProcess::Unknown,
+            // Linux 6.5 to 6.15 refuse a pidfd for a reaped peer (EINVAL,
+            // ESRCH); nothing else is expected of a connected socket.
+            Err(_) => ConnectedProcess::Gone,
+        }
+    }
+}
+
 impl Peer {
     /// Identifies the peer of an accepted connection from the credentials
     /// the kernel gave for it (SO_PEERCRED), with the account names its
     /// policy matching needs.
-    pub async fn identify(cred: rustix::net::UCred) -> (Peer, PeerIdentity) {
+    pub async fn identify(
+        cred: rustix::net::UCred,
+        connected: ConnectedProcess,
+    ) -> (Peer, PeerIdentity) {
         let uid = cred.uid.as_raw();
         let gid = cred.gid.as_raw();
         let pid = cred.pid.as_raw_nonzero().get() as u32;
-        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
-            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-        });
+        let (pidfd, gone) = match connected {
+            ConnectedProcess::Pinned(fd) => (Some(fd), false),
+            ConnectedProcess::Gone => (None, true),
+            ConnectedProcess::Unknown => (
+                rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                }),
+                false,
+            ),
+        };
         let credentials = Credentials { pid, uid, gid };
         let (proc_dir, identified) = match ProcDir::open(pid) {
             Some(dir) => {
@@ -152,13 +188,14 @@ impl Peer {
         // The chain is only trusted if its first process is still the one
         // that connected: running (pidfd; without one, same start time)
         // and of the same uid.
-        let trusted = identified.walk.as_ref().is_some_and(|walk| {
-            let same_process = match &pidfd {
-                Some(fd) => !has_exited(fd),
-                None => read_start_time(pid) == Some(walk.chain[0].start_time),
-            };
-            same_process && walk.uid == uid
-        });
+        let trusted = !gone
+            && identified.walk.as_ref().is_some_and(|walk| {
+                let same_process = match &pidfd {
+                    Some(fd) => !has_exited(fd),
+                    None => read_start_time(pid) == Some(walk.chain[0].start_time),
+                };
+                same_process && walk.uid == uid
+            });
         let (chain, proc_dir, exe_read_at, accounts) = match identified.walk {
             Some(walk) if trusted => (
                 walk.chain,
