@@ -947,6 +947,17 @@ if mode == "exec":
 os.wait()
 "#;
 
+/// Denies everything but requests from Debian's python.
+const ONLY_DEBIANS_PYTHON: &str = "\
+[defaults]
+action = \"deny\"
+
+[[rule]]
+name = \"python\"
+programs = [\"/usr/bin/python3*\"]
+action = \"allow\"
+";
+
 /// Connect, hand the socket to a child and exec another program: the
 /// identity read at accept is not carried over to what runs under that pid
 /// now. A rule allows python, the client connects as python and then
@@ -956,18 +967,7 @@ os.wait()
 fn a_client_that_execs_after_connecting_loses_its_identity() {
     let env = TestEnv::new();
     let policies = Policies::new(&env);
-    write_policy(
-        &policies.user,
-        "\
-[defaults]
-action = \"deny\"
-
-[[rule]]
-name = \"python\"
-programs = [\"/usr/bin/python3*\"]
-action = \"allow\"
-",
-    );
+    write_policy(&policies.user, ONLY_DEBIANS_PYTHON);
     let _master = start_with_policy(&env, &policies);
     let attempt = |mode: &str| {
         let marker = marker(&env, mode);
@@ -1083,18 +1083,7 @@ fn a_pid_taken_over_after_connecting_is_not_the_client() {
     }
     let env = TestEnv::new();
     let policies = Policies::new(&env);
-    write_policy(
-        &policies.user,
-        "\
-[defaults]
-action = \"deny\"
-
-[[rule]]
-name = \"python\"
-programs = [\"/usr/bin/python3*\"]
-action = \"allow\"
-",
-    );
+    write_policy(&policies.user, ONLY_DEBIANS_PYTHON);
     let master = start_with_policy(&env, &policies);
     let touched = marker(&env, "taken-over");
     let stopped = Stopped::stop(master.pid());
