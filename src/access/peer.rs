@@ -172,7 +172,10 @@ impl Peer {
             ),
         };
         let credentials = Credentials { pid, uid, gid };
-        let (proc_dir, identified) = match ProcDir::open(pid) {
+        // A peer already gone leaves nothing of its own to read: the pid's
+        // /proc directory would be someone else's.
+        let proc_dir = if gone { None } else { ProcDir::open(pid) };
+        let (proc_dir, identified) = match proc_dir {
             Some(dir) => {
                 let (dir, identified) = proc_helper::identify(dir, credentials).await;
                 (Some(dir), identified)
