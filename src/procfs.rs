@@ -99,12 +99,59 @@ impl AsFd for ProcDir {
     }
 }
 
+/// A process kept open from one walk to the next: its directory and its
+/// `stat` and `cmdline` files, read again in place (a read from offset 0
+/// makes /proc show a file anew), which saves the opens and closes of
+/// every later walk through it. Like the directory, the files stay bound
+/// to the process they were opened for: once it is gone their reads fail,
+/// even if its pid has been reused.
+#[derive(Debug)]
+pub(crate) struct OpenProcess {
+    dir: ProcDir,
+    stat: OwnedFd,
+    cmdline: OwnedFd,
+}
+
+impl OpenProcess {
+    pub(crate) fn open(pid: u32) -> Option<OpenProcess> {
+        let dir = ProcDir::open(pid)?;
+        let open = |name| {
+            rustix::fs::openat(
+                &dir.0,
+                name,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        };
+        let (stat, cmdline) = (open("stat")?, open("cmdline")?);
+        Some(OpenProcess { dir, stat, cmdline })
+    }
+
+    pub(crate) fn dir(&self) -> &ProcDir {
+        &self.dir
+    }
+
+    /// `stat` as it is now; `None` once the process is gone.
+    pub(crate) fn stat(&self) -> Option<String> {
+        String::from_utf8(read_whole(&self.stat)?).ok()
+    }
+
+    /// `cmdline` as it is now; `None` once the process is gone.
+    pub(crate) fn cmdline(&self) -> Option<Vec<u8>> {
+        read_whole(&self.cmdline)
+    }
+}
+
 /// The files read here (`stat`, `status`, `cmdline`) are made whole on
 /// each read: `stat` and `status` by a single seq_file show, `cmdline`
 /// by a copy of as much of the argument area as asked for. A read that
 /// leaves room in the buffer has therefore reached the end, and the read
 /// that would return 0 is not made (three fewer system calls per process
 /// of the walk). A read that fills the buffer is followed by another.
+///
+/// Reads are positioned (`pread` from offset 0 on), so a file kept open
+/// ([`OpenProcess`]) reads whole again each time.
 fn read_whole(file: &OwnedFd) -> Option<Vec<u8>> {
     // Not `read_to_end`, which asks for the size (statx, lseek) first.
     let mut data = Vec::with_capacity(4096);
@@ -112,7 +159,8 @@ fn read_whole(file: &OwnedFd) -> Option<Vec<u8>> {
         if data.len() == data.capacity() {
             data.reserve(data.capacity());
         }
-        match rustix::io::read(file, spare_capacity(&mut data)) {
+        let offset = data.len() as u64;
+        match rustix::io::pread(file, spare_capacity(&mut data), offset) {
             Ok(0) => break,
             Ok(_) if data.len() < data.capacity() => break,
             Ok(_) => {}

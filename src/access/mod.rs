@@ -2,6 +2,7 @@
 //! reads it for the sandboxed master), the policy file, and the decision
 //! for each request.
 
+pub mod ancestors;
 pub mod decide;
 pub mod peer;
 pub mod policy;

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::access::ancestors::Ancestors;
 use crate::access::decide::PeerIdentity;
 use crate::access::proc_helper::{self, Accounts, Credentials, Identified};
 use crate::codec::{Reader, put_bytes, put_optional, put_u32, put_u64};
@@ -415,30 +416,36 @@ pub struct Walk {
 /// directory descriptor of it. Reads the exe and cwd links too, which
 /// needs ptrace-class access: the proc helper has it, the sandboxed master
 /// not (its links then stay unknown).
-pub fn walk_from(first_dir: &ProcDir, pid: u32) -> Option<Walk> {
+///
+/// The ancestors are read through `ancestors`, which keeps them open for
+/// the next walk; the connecting process (new on most connections) only
+/// through `first_dir`.
+pub fn walk_from(first_dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Option<Walk> {
     let status = first_dir.read_text("status")?;
     let uid = status_id(&status, "Uid:")?;
     let groups = groups_of(&status);
-    let mut chain = vec![read_process(first_dir, pid)?];
-    let mut dirs = Vec::new();
+    let first = process_info(
+        pid,
+        &first_dir.read_text("stat")?,
+        first_dir.read("cmdline"),
+    )?;
+    let mut chain = vec![first];
     while chain.len() < 32 {
         let last = chain.last().expect("the chain starts with one");
         if last.pid == last.session || last.ppid <= 1 {
             break;
         }
         let ppid = last.ppid;
-        let dir = ProcDir::open(ppid)?;
-        chain.push(read_process(&dir, ppid)?);
-        dirs.push(dir);
+        let visited = ancestors.visit(ppid)?;
+        chain.push(process_info(ppid, &visited.stat, Some(visited.cmdline))?);
     }
     let links_read_at = Instant::now();
-    let all_dirs = std::iter::once(first_dir).chain(&dirs);
-    for (info, dir) in chain.iter_mut().zip(all_dirs) {
-        // Only the connecting process's cwd is ever shown.
-        info.exe = dir.read_link("exe");
-        if info.pid == pid {
-            info.cwd = dir.read_link("cwd");
-        }
+    let (first, above) = chain.split_first_mut().expect("the chain starts with one");
+    first.exe = first_dir.read_link("exe");
+    // Only the connecting process's cwd is ever shown.
+    first.cwd = first_dir.read_link("cwd");
+    for info in above {
+        info.exe = ancestors.dir(info.pid).and_then(|dir| dir.read_link("exe"));
     }
     Some(Walk {
         chain,
@@ -525,10 +532,11 @@ fn status_id(status: &str, name: &str) -> Option<u32> {
 }
 
 /// One process's entry, from its stat and cmdline.
-fn read_process(proc_dir: &ProcDir, pid: u32) -> Option<ProcessInfo> {
-    let stat = parse_stat(&proc_dir.read_text("stat")?)?;
-    let cmdline = proc_dir
-        .read("cmdline")
+/// One process of the chain from its `stat` and `cmdline` (links not yet
+/// read).
+fn process_info(pid: u32, stat: &str, cmdline: Option<Vec<u8>>) -> Option<ProcessInfo> {
+    let stat = parse_stat(stat)?;
+    let cmdline = cmdline
         .map(|raw| {
             raw.split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
@@ -623,7 +631,7 @@ mod tests {
     #[test]
     fn our_own_process_reads_back() {
         let me = std::process::id();
-        let walk = walk_from(&ProcDir::open(me).unwrap(), me).unwrap();
+        let walk = walk_from(&ProcDir::open(me).unwrap(), me, &mut Ancestors::default()).unwrap();
         let chain = walk.chain;
         assert_eq!(chain[0].pid, me);
         assert_eq!(walk.uid, rustix::process::getuid().as_raw());
@@ -632,5 +640,68 @@ mod tests {
             std::env::current_exe().ok().as_deref()
         );
         assert_eq!(read_start_time(me), Some(chain[0].start_time));
+    }
+
+    #[test]
+    fn a_second_walk_sees_what_an_ancestor_runs_now() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        // A shell with a child; told to, it execs another program, and the
+        // child stays its child.
+        let mut shell = Command::new("sh")
+            .args(["-c", "sleep 60 & read line; exec sleep 61"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let shell_pid = shell.id();
+        let children = format!("/proc/{shell_pid}/task/{shell_pid}/children");
+        fn wait_for<T>(mut what: impl FnMut() -> Option<T>) -> T {
+            for _ in 0..1000 {
+                if let Some(found) = what() {
+                    return found;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            panic!("timed out");
+        }
+        let child = wait_for(|| {
+            let pid: u32 = std::fs::read_to_string(&children)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            cmdline.starts_with(b"sleep\x0060").then_some(pid)
+        });
+        let mut ancestors = Ancestors::default();
+        let walk = |ancestors: &mut Ancestors| {
+            walk_from(&ProcDir::open(child).unwrap(), child, ancestors)
+                .unwrap()
+                .chain
+        };
+        let before = walk(&mut ancestors);
+        assert_eq!(before[1].pid, shell_pid);
+        assert_eq!(before[1].cmdline[0], "sh");
+
+        shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let after = wait_for(|| {
+            let chain = walk(&mut ancestors);
+            (chain[1].cmdline == ["sleep", "61"]).then_some(chain)
+        });
+        assert_eq!(after[1].pid, shell_pid);
+        assert_eq!(after[1].start_time, before[1].start_time);
+        assert!(after[1].exe.as_ref().unwrap().ends_with("sleep"));
+        assert_eq!(
+            after[2..],
+            before[2..],
+            "the rest of the chain is as it was"
+        );
+
+        shell.kill().unwrap();
+        shell.wait().unwrap();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
     }
 }

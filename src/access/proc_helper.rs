@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
+use crate::access::ancestors::Ancestors;
 use crate::access::decide::accounts;
 use crate::access::peer::{self, Walk};
 use crate::codec::{Reader, put_bytes, put_optional, put_u32};
@@ -108,9 +109,10 @@ pub struct Credentials {
 }
 
 /// Walks the chain from `dir` and looks up the accounts: what the helper
-/// does for an IDENTIFY, and what the master does itself without one.
-pub fn identify_here(dir: &ProcDir, cred: Credentials) -> Identified {
-    let walk = peer::walk_from(dir, cred.pid);
+/// does for an IDENTIFY (keeping the ancestors open for the next one), and
+/// what the master does itself without one.
+pub fn identify_here(dir: &ProcDir, cred: Credentials, ancestors: &mut Ancestors) -> Identified {
+    let walk = peer::walk_from(dir, cred.pid, ancestors);
     let groups = walk.as_ref().map_or(&[][..], |w| w.groups.as_slice());
     let accounts = Accounts::look_up(cred.uid, cred.gid, groups);
     Identified { walk, accounts }
@@ -243,7 +245,7 @@ pub async fn identify(dir: ProcDir, cred: Credentials) -> (ProcDir, Identified) 
         }
     }
     tokio::task::spawn_blocking(move || {
-        let identified = identify_here(&dir, cred);
+        let identified = identify_here(&dir, cred, &mut Ancestors::default());
         (dir, identified)
     })
     .await
@@ -280,8 +282,9 @@ pub fn serve() -> anyhow::Result<()> {
 /// The helper's loop. A request it cannot use gets an empty reply, which
 /// the master reads as "not known"; the next request is answered as usual.
 fn serve_requests(socket: &UnixStream) -> io::Result<()> {
+    let mut ancestors = Ancestors::default();
     while let Some(request) = receive_request(socket)? {
-        let reply = answer(request).unwrap_or_default();
+        let reply = answer(request, &mut ancestors).unwrap_or_default();
         write_frame(&mut &*socket, &reply)?;
     }
     Ok(())
@@ -334,7 +337,7 @@ fn receive_request(socket: &UnixStream) -> io::Result<Option<Request>> {
 /// The reply to one request, or `None` for a request the helper cannot
 /// use: an unknown question, a count that is not the number of
 /// descriptors sent, or a descriptor that is not a /proc directory.
-fn answer(request: Request) -> Option<Vec<u8>> {
+fn answer(request: Request, ancestors: &mut Ancestors) -> Option<Vec<u8>> {
     let mut payload = Reader::new(&request.payload);
     let op = payload.u32()?;
     let dirs: Vec<ProcDir> = request
@@ -353,7 +356,7 @@ fn answer(request: Request) -> Option<Vec<u8>> {
                 return None;
             };
             payload.finished()?;
-            Some(encode_identified(&identify_here(dir, cred)))
+            Some(encode_identified(&identify_here(dir, cred, ancestors)))
         }
         OP_LINKS => {
             let count = payload.u32()? as usize;
@@ -484,7 +487,7 @@ mod tests {
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
         };
-        let here = identify_here(&me, cred);
+        let here = identify_here(&me, cred, &mut Ancestors::default());
         let bytes = encode_identified(&here);
         let back = decode_identified(&bytes, Instant::now()).expect("decodes");
         assert_eq!(back.accounts, here.accounts);
