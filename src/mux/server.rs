@@ -51,20 +51,37 @@ pub async fn serve_connection(
     let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);
-    // Nothing the greeting does depends on who the peer is; every request
-    // after it waits for the peer to be known, and so does the record of
-    // the connection, which comes before any of its requests' records.
-    let greeted = greet(&mut reader, &writer, slot, client_id).await;
-    let Some((peer, identity)) = lookup.resolve().await else {
+    // Nothing the greeting does depends on who the peer is, so it goes on
+    // while the peer is identified; every request after it waits for the
+    // peer. The record of the connection, which comes before any of its
+    // requests' records, is made as soon as the peer is known.
+    let greeting = async {
+        let greeted = greet(&mut reader, &writer, slot, client_id).await;
+        // A session's descriptors follow its request at once: taken in
+        // while the peer is still being identified, they cost the session
+        // nothing afterwards.
+        if let Ok(Some((ClientMessage::NewSession { .. }, _))) = &greeted {
+            reader.prefetch_fds(wire::SessionRequest::FD_COUNT).await;
+        }
+        greeted
+    };
+    let identified = async {
+        let known = lookup.resolve().await;
+        if let Some((peer, _)) = &known {
+            debug!(client = client_id, "control connection from {peer}");
+            master.audit.record(connect_record(client_id, peer));
+        }
+        known
+    };
+    let (greeted, known) = tokio::join!(greeting, identified);
+    let Some((peer, identity)) = known else {
         warn!(
             client = client_id,
             "closing control connection: its peer could not be identified"
         );
         return;
     };
-    debug!(client = client_id, "control connection from {peer}");
     let peer_pid = peer.pid;
-    master.audit.record(connect_record(client_id, &peer));
     let requester = Arc::new(Requester {
         peer,
         identity,
