@@ -344,14 +344,13 @@ async fn ask(
             (None, None) => None,
         },
     };
-    let text = prompt_text(host, peer, asked, &key, settings.remember);
     let anchor = key.requester.anchor.clone();
     let result = prompting
         .memory
         .ask(
             prompting.prompter,
             key,
-            &text,
+            |key| prompt_text(host, peer, asked, key, settings.remember),
             PromptTimes {
                 timeout: settings.prompt_timeout,
                 remember: settings.remember,

