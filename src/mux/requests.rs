@@ -144,10 +144,10 @@ impl Connection<'_> {
                 Some(self.read_at),
             )
             .await;
-        self.requester.log_outcome(&asked, &outcome);
         match outcome {
             Outcome::Allow { .. } => {}
             Outcome::Direct { .. } => {
+                self.requester.log_outcome(&asked, &outcome);
                 // The stock client answers this by connecting on its own:
                 // "not through me", not "never".
                 self.writer
@@ -158,38 +158,51 @@ impl Connection<'_> {
                     .await?;
                 return Ok(Flow::Next);
             }
-            Outcome::Deny { reason } => {
+            Outcome::Deny { ref reason } => {
+                self.requester.log_outcome(&asked, &outcome);
                 // Refusing the request itself would make the stock client
                 // authenticate on its own, so the session is "opened", the
                 // reason goes to its stderr and it ends with status 255.
                 let session_id = master.next_session_id();
                 let stderr = fds.into_iter().nth(2);
-                deny_opened_session(self.writer, rid, session_id, stderr, &reason).await?;
+                deny_opened_session(self.writer, rid, session_id, stderr, reason).await?;
                 return Ok(Flow::Close);
             }
         }
         let session_id = master.next_session_id();
         let command = describe_request(&request);
-        info!(
-            client = self.client_id(),
-            session = session_id,
-            "new session: {command}"
-        );
         let described = format!("{command} by {}", self.requester.peer.describe_chain());
         let _guard = master.register_session(session_id, described);
-        master
-            .audit
-            .record(audit::Event::SessionOpen(audit::SessionOpen {
-                client: self.client_id(),
-                request: request_id,
-                session: u64::from(session_id),
-            }));
+        let client_id = self.client_id();
+        let requester = Arc::clone(self.requester);
+        let asked_command = asked.command.map(str::to_owned);
+        let announce = session::Announce::new(move || {
+            let asked = Asked {
+                kind,
+                command: asked_command.as_deref(),
+                local_port: None,
+            };
+            requester.log_outcome(&asked, &outcome);
+            info!(
+                client = client_id,
+                session = session_id,
+                "new session: {command}"
+            );
+            master
+                .audit
+                .record(audit::Event::SessionOpen(audit::SessionOpen {
+                    client: client_id,
+                    request: request_id,
+                    session: u64::from(session_id),
+                }));
+        });
         let started = std::time::Instant::now();
         let traffic = Arc::new(Traffic::default());
         master.attach_traffic(session_id, Arc::clone(&traffic));
         let outcome = session::run(SessionStart {
             rid,
             session_id,
+            announce,
             decision_record,
             request,
             fds,

@@ -57,6 +57,9 @@ pub enum SessionEnd {
 pub struct SessionStart<'a> {
     pub rid: u32,
     pub session_id: u32,
+    /// What logs and records the session's start: made once its command
+    /// is on its way to the server, which need not wait for it.
+    pub announce: Announce<'a>,
     /// The decision record on its way to the disk (`None`: already there):
     /// in the file before the command is asked for, on disk before its
     /// input or output flows.
@@ -69,6 +72,30 @@ pub struct SessionStart<'a> {
     /// Who opened the session: `~C` requests are decided as theirs.
     pub requester: Arc<Requester>,
     pub traffic: Arc<Traffic>,
+}
+
+/// The log lines and audit record of a session's start, made once, as
+/// soon as the command has been asked for, or at the latest when the
+/// session ends, whatever ended it: a session's records never lack its
+/// `session_open`.
+pub struct Announce<'a>(Option<Box<dyn FnOnce() + Send + 'a>>);
+
+impl<'a> Announce<'a> {
+    pub fn new(announce: impl FnOnce() + Send + 'a) -> Self {
+        Announce(Some(Box::new(announce)))
+    }
+
+    fn now(&mut self) {
+        if let Some(announce) = self.0.take() {
+            announce();
+        }
+    }
+}
+
+impl Drop for Announce<'_> {
+    fn drop(&mut self) {
+        self.now();
+    }
 }
 
 /// Which channel request a CHANNEL_SUCCESS/FAILURE answers (they come back
@@ -85,6 +112,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
     let SessionStart {
         rid,
         session_id,
+        mut announce,
         decision_record,
         request,
         fds,
@@ -128,6 +156,18 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         return Err(SessionOpenError::Refused(e.to_string()));
     }
 
+    let mut decision_record = decision_record;
+    let asked = ask_command(
+        &channel,
+        &request,
+        &master,
+        &mut decision_record,
+        &mut pending,
+    )
+    .await;
+    // The request leaves when russh's connection task next runs: it goes
+    // first, and everything else here happens while it is on its way.
+    tokio::task::yield_now().await;
     // Past this point the session is open from the client's point of view,
     // as with OpenSSH's master, which answers once the channel is open and
     // before the server has accepted the command.
@@ -139,15 +179,7 @@ pub async fn run(start: SessionStart<'_>) -> Result<SessionEnd, SessionOpenError
         let _ = channel.close().await;
         return Ok(SessionEnd::ClientGone);
     }
-    let mut decision_record = decision_record;
-    let asked = ask_command(
-        &channel,
-        &request,
-        &master,
-        &mut decision_record,
-        &mut pending,
-    )
-    .await;
+    announce.now();
     // Set up while the request is on its way (output arrives a round trip
     // later at the earliest, and waits in the channel until read).
     let outputs = Outputs::start(stdout, stderr, &master, session_id);
