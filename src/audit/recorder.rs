@@ -104,7 +104,7 @@ impl Recorder {
     pub fn record_durably(&self, event: Event) -> Result<PendingRecord, RecordError> {
         let (written_tx, written) = oneshot::channel();
         let (synced_tx, synced) = oneshot::channel();
-        self.enqueue(
+        let sync_later = self.enqueue(
             event,
             Some(Waiters {
                 written: written_tx,
@@ -113,18 +113,25 @@ impl Recorder {
         )?;
         Ok(PendingRecord {
             written: Some(written),
+            sync_later,
             synced,
         })
     }
 
-    fn enqueue(&self, event: Event, done: Option<Waiters>) -> Result<(), RecordError> {
+    /// Appends or queues `event`; for a waited-on record appended here,
+    /// returns the sync to ask the writer for when someone waits for it.
+    fn enqueue(
+        &self,
+        event: Event,
+        done: Option<Waiters>,
+    ) -> Result<Option<SyncLater>, RecordError> {
         if *self.stopped.lock().expect("not poisoned") {
             return Err(RecordError::MasterStopped);
         }
         let stream = self.stream.as_ref().map_err(Clone::clone)?;
         match stream.append_here(&event) {
-            Some(written) => stream.after_append_here(written, event.name(), done),
-            None => stream.queue(event, done),
+            Some(written) => Ok(stream.after_append_here(written, event.name(), done)),
+            None => stream.queue(event, done).map(|()| None),
         }
     }
 
@@ -200,14 +207,14 @@ impl Stream {
         }
     }
 
-    /// Tells the waiters of a record appended here, and hands the sync of a
-    /// waited-on one to the writer.
+    /// Tells the waiters of a record appended here; the sync of a
+    /// waited-on one is the writer's, asked for once someone waits for it.
     fn after_append_here(
         &self,
         written: Outcome,
         name: &'static str,
         done: Option<Waiters>,
-    ) -> Result<(), RecordError> {
+    ) -> Option<SyncLater> {
         let Some(Waiters {
             written: tell,
             synced,
@@ -216,14 +223,19 @@ impl Stream {
             if let Err(e) = written {
                 tracing::error!("audit record {name} not written: {e}");
             }
-            return Ok(());
+            return None;
         };
         let _ = tell.send(written.clone());
         match written {
-            Ok(()) => self.send(Job::Sync { synced }, name),
+            Ok(()) => Some(SyncLater {
+                jobs: self.jobs.clone(),
+                path: self.path.clone(),
+                name,
+                synced,
+            }),
             Err(e) => {
                 let _ = synced.send(Err(e));
-                Ok(())
+                None
             }
         }
     }
@@ -245,13 +257,7 @@ impl Stream {
     }
 
     fn send(&self, job: Job, name: &'static str) -> Result<(), RecordError> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => RecordError::Backlog {
-                name,
-                path: self.path.clone(),
-            },
-            TrySendError::Disconnected(_) => RecordError::WriterStopped,
-        })
+        send_job(&self.jobs, job, name, &self.path)
     }
 
     /// The writer's append of a queued record, waiting for the file's lock
@@ -336,7 +342,40 @@ struct Waiters {
 pub struct PendingRecord {
     /// `None` once awaited.
     written: Option<oneshot::Receiver<Outcome>>,
+    /// The sync of a record appended on the event loop, not yet asked for:
+    /// waking the writer thread waits until what the record allows has
+    /// been set going (a session's command is on its way to the server),
+    /// since the disk is needed only before anything flows.
+    sync_later: Option<SyncLater>,
     synced: oneshot::Receiver<Outcome>,
+}
+
+/// The writer's sync of a record appended on the event loop, to ask for.
+struct SyncLater {
+    jobs: SyncSender<Job>,
+    path: PathBuf,
+    name: &'static str,
+    synced: oneshot::Sender<Outcome>,
+}
+
+impl SyncLater {
+    fn ask(self) -> Outcome {
+        let job = Job::Sync {
+            synced: self.synced,
+        };
+        send_job(&self.jobs, job, self.name, &self.path)
+    }
+}
+
+/// Hands `job` to the writer, never waiting: a full backlog refuses it.
+fn send_job(jobs: &SyncSender<Job>, job: Job, name: &'static str, path: &Path) -> Outcome {
+    jobs.try_send(job).map_err(|e| match e {
+        TrySendError::Full(_) => RecordError::Backlog {
+            name,
+            path: path.to_path_buf(),
+        },
+        TrySendError::Disconnected(_) => RecordError::WriterStopped,
+    })
 }
 
 impl PendingRecord {
@@ -353,6 +392,9 @@ impl PendingRecord {
     /// Completes once the record is on disk (`fdatasync`).
     pub async fn synced(mut self) -> Outcome {
         self.written().await?;
+        if let Some(sync) = self.sync_later.take() {
+            sync.ask()?;
+        }
         self.synced.await.unwrap_or_else(|_| writer_stopped())
     }
 }
