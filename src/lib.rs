@@ -124,4 +124,16 @@ pub(crate) mod test_support {
             .build()
             .expect("a tokio runtime")
     }
+
+    /// The first `Some` of `what`, asked every 5 ms for up to 5 s: for what
+    /// another process shows a moment later (an exec, a child).
+    pub fn eventually<T>(what: &str, mut poll: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..1000 {
+            if let Some(found) = poll() {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("timed out waiting for {what}");
+    }
 }

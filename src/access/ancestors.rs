@@ -109,14 +109,10 @@ mod tests {
     /// Visits `pid` until its command line starts with `prefix` (an exec
     /// takes a moment to show).
     fn visit_until(ancestors: &mut Ancestors, pid: u32, prefix: &[u8]) -> Visited {
-        for _ in 0..1000 {
+        crate::test_support::eventually("the exec to show", || {
             let visited = ancestors.visit(pid).unwrap();
-            if visited.cmdline.starts_with(prefix) {
-                return visited;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        panic!("pid {pid} never showed {prefix:?}");
+            visited.cmdline.starts_with(prefix).then_some(visited)
+        })
     }
 
     #[test]

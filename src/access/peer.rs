@@ -644,6 +644,7 @@ mod tests {
 
     #[test]
     fn a_second_walk_sees_what_an_ancestor_runs_now() {
+        use crate::test_support::eventually;
         use std::io::Write;
         use std::process::{Command, Stdio};
         // A shell with a child; told to, it execs another program, and the
@@ -655,16 +656,7 @@ mod tests {
             .unwrap();
         let shell_pid = shell.id();
         let children = format!("/proc/{shell_pid}/task/{shell_pid}/children");
-        fn wait_for<T>(mut what: impl FnMut() -> Option<T>) -> T {
-            for _ in 0..1000 {
-                if let Some(found) = what() {
-                    return found;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            panic!("timed out");
-        }
-        let child = wait_for(|| {
+        let child = eventually("the shell's child", || {
             let pid: u32 = std::fs::read_to_string(&children)
                 .ok()?
                 .trim()
@@ -684,7 +676,7 @@ mod tests {
         assert_eq!(before[1].cmdline[0], "sh");
 
         shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let after = wait_for(|| {
+        let after = eventually("the shell's exec", || {
             let chain = walk(&mut ancestors);
             (chain[1].cmdline == ["sleep", "61"]).then_some(chain)
         });
