@@ -406,8 +406,9 @@ pub struct Walk {
     /// and supplementary groups.
     pub uid: u32,
     pub groups: Vec<u32>,
-    /// When the read of the executables began, or an instant before it
-    /// (for the helper's walk, when the master asked for it).
+    /// When the read of the executables began, or an instant before it.
+    /// The helper tells its own: a walk that ends after the first request
+    /// was read then needs no recheck (`Peer::recheck`).
     links_read_at: Instant,
 }
 
@@ -457,6 +458,7 @@ pub fn walk_from(first_dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Op
 
 impl Walk {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, monotonic_nanos(self.links_read_at));
         put_u32(out, self.uid);
         put_u32(out, self.groups.len() as u32);
         for g in &self.groups {
@@ -479,9 +481,13 @@ impl Walk {
     }
 
     /// Reads what [`Walk::encode`] wrote, for a walk asked for at
-    /// `asked_at` (its links were read after that).
+    /// `asked_at`: its links were read after that, and a time it gives
+    /// outside `asked_at..now` is taken as `asked_at`.
     pub(crate) fn decode(reader: &mut Reader<'_>, asked_at: Instant) -> Option<Walk> {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let links_read_at = instant_of_monotonic(reader.u64()?)
+            .filter(|at| (asked_at..=Instant::now()).contains(at))
+            .unwrap_or(asked_at);
         let uid = reader.u32()?;
         let group_count = reader.count(4)?;
         let groups = (0..group_count)
@@ -517,9 +523,32 @@ impl Walk {
             chain,
             uid,
             groups,
-            links_read_at: asked_at,
+            links_read_at,
         })
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: one clock for every process of the
+/// machine, so that the helper's instants mean the same in the master.
+fn monotonic_now() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (now.tv_sec as u64).saturating_mul(1_000_000_000) + now.tv_nsec as u64
+}
+
+/// `at` on CLOCK_MONOTONIC. The clock is read before `Instant::now()`, so
+/// any error makes the result earlier, never later.
+fn monotonic_nanos(at: Instant) -> u64 {
+    let now = monotonic_now();
+    let ago = Instant::now().saturating_duration_since(at);
+    now.saturating_sub(u64::try_from(ago.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The `Instant` of a CLOCK_MONOTONIC time, `None` if it is in the future.
+/// `Instant::now()` is read first, so any error makes it earlier.
+fn instant_of_monotonic(nanos: u64) -> Option<Instant> {
+    let here = Instant::now();
+    let ago = monotonic_now().checked_sub(nanos)?;
+    here.checked_sub(std::time::Duration::from_nanos(ago))
 }
 
 /// The effective id on a status line (`Uid:\treal\teffective\tsaved\tfs`).
@@ -640,6 +669,36 @@ mod tests {
             std::env::current_exe().ok().as_deref()
         );
         assert_eq!(read_start_time(me), Some(chain[0].start_time));
+    }
+
+    /// The helper's time of its link reads reaches the master as it was,
+    /// through CLOCK_MONOTONIC, and is never taken as earlier than the
+    /// question or later than the answer.
+    #[test]
+    fn the_links_read_time_crosses_from_the_helper_and_is_bounded() {
+        let me = std::process::id();
+        let asked_at = Instant::now();
+        let walk = walk_from(&ProcDir::open(me).unwrap(), me, &mut Ancestors::default()).unwrap();
+        let mut bytes = Vec::new();
+        walk.encode(&mut bytes);
+        let decode = |asked_at| Walk::decode(&mut Reader::new(&bytes), asked_at).unwrap();
+
+        let back = decode(asked_at).links_read_at;
+        assert!(back >= asked_at && back <= Instant::now());
+        let error = back
+            .saturating_duration_since(walk.links_read_at)
+            .max(walk.links_read_at.saturating_duration_since(back));
+        assert!(error < std::time::Duration::from_millis(1), "{error:?} apart");
+        assert!(back <= walk.links_read_at, "the error errs early");
+
+        // Asked after the helper says it read: the question's time counts.
+        let later = Instant::now();
+        assert_eq!(decode(later).links_read_at, later);
+        // A time from the future (a broken stamp) counts as the question's.
+        let mut future = bytes.clone();
+        future[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let broken = Walk::decode(&mut Reader::new(&future), asked_at).unwrap();
+        assert_eq!(broken.links_read_at, asked_at);
     }
 
     #[test]
