@@ -688,7 +688,10 @@ mod tests {
         let error = back
             .saturating_duration_since(walk.links_read_at)
             .max(walk.links_read_at.saturating_duration_since(back));
-        assert!(error < std::time::Duration::from_millis(1), "{error:?} apart");
+        assert!(
+            error < std::time::Duration::from_millis(1),
+            "{error:?} apart"
+        );
         assert!(back <= walk.links_read_at, "the error errs early");
 
         // Asked after the helper says it read: the question's time counts.
