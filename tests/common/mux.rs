@@ -136,6 +136,20 @@ impl RawClient {
         payload
     }
 
+    /// [`RawClient::expect_hello`], or false if the master closes the
+    /// connection first (it refused it).
+    pub fn greeted(&mut self) -> bool {
+        let mut first = [0; 1];
+        match self.stream.peek(&mut first) {
+            Ok(0) => false,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => false,
+            _ => {
+                self.expect_hello();
+                true
+            }
+        }
+    }
+
     /// Reads the master's HELLO and checks that it speaks version 4.
     /// Extensions are allowed and ignored.
     pub fn expect_hello(&mut self) {
