@@ -140,9 +140,9 @@ impl RawClient {
     /// connection first (it refused it).
     pub fn greeted(&mut self) -> bool {
         let mut first = [0; 1];
-        match self.stream.peek(&mut first) {
-            Ok(0) => false,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => false,
+        match rustix::net::recv(&self.stream, &mut first, rustix::net::RecvFlags::PEEK) {
+            Ok((0, _)) => false,
+            Err(rustix::io::Errno::CONNRESET) => false,
             _ => {
                 self.expect_hello();
                 true
