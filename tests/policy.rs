@@ -900,6 +900,28 @@ action = \"allow\"
     assert_master_alive(&env, &master);
 }
 
+/// What both raw python clients below start with: the mux framing, and a
+/// session request for `touch MARKER` with /dev/null as its descriptors,
+/// after which the client reads until the master closes the connection.
+const PY_MUX_CLIENT: &str = r#"
+import os, socket, struct, sys
+u32 = lambda v: struct.pack(">I", v)
+string = lambda b: u32(len(b)) + b
+packet = lambda body: u32(len(body)) + body
+def ask_touch_and_drain(s, marker):
+    s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
+                     + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
+    null = os.open("/dev/null", os.O_RDWR)
+    for _ in range(3):
+        socket.send_fds(s, [b"\0"], [null])
+    s.settimeout(20)
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+"#;
+
 /// A raw mux client in python, made a session leader so that it is the
 /// requesting program itself: connects, says HELLO and waits for the
 /// answer to an EXT_INFO (which, unlike HELLO and ALIVE_CHECK, the master
@@ -907,7 +929,7 @@ action = \"allow\"
 /// the socket, and then either stays (`stay`) or execs `sleep` (`exec`).
 /// The child asks for `touch MARKER` and prints what the master answered.
 const HANDOFF_CLIENT: &str = r#"
-import os, socket, struct, sys, time
+import time
 path, marker, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 os.setsid()
 s = socket.socket(socket.AF_UNIX)
@@ -920,9 +942,6 @@ def recvall(n):
             sys.exit("master closed")
         data += chunk
     return data
-u32 = lambda v: struct.pack(">I", v)
-string = lambda b: u32(len(b)) + b
-packet = lambda body: u32(len(body)) + body
 recvall(struct.unpack(">I", recvall(4))[0])
 s.sendall(packet(u32(1) + u32(4)))
 s.sendall(packet(u32(0x20000001) + u32(0) + string(b"connection")))
@@ -930,17 +949,7 @@ recvall(struct.unpack(">I", recvall(4))[0])
 if os.fork() == 0:
     if mode == "exec":
         time.sleep(1)
-    s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
-                     + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
-    null = os.open("/dev/null", os.O_RDWR)
-    for _ in range(3):
-        socket.send_fds(s, [b"\0"], [null])
-    s.settimeout(20)
-    try:
-        while s.recv(4096):
-            pass
-    except OSError:
-        pass
+    ask_touch_and_drain(s, marker)
     os._exit(0)
 if mode == "exec":
     os.execv("/usr/bin/sleep", ["sleep", "2"])
@@ -974,7 +983,7 @@ fn a_client_that_execs_after_connecting_loses_its_identity() {
         let out = run(env
             // Debian's, which the rule names (not a pyenv shim on PATH).
             .command("/usr/bin/python3")
-            .args(["-c", HANDOFF_CLIENT])
+            .args(["-c", &format!("{PY_MUX_CLIENT}{HANDOFF_CLIENT}")])
             .arg(env.control_path())
             .arg(&marker)
             .arg(mode));
@@ -1007,7 +1016,6 @@ fn a_client_that_execs_after_connecting_loses_its_identity() {
 /// asks for `touch MARKER` as soon as the master answers, prints its pid
 /// and exits.
 const VANISHING_CLIENT: &str = r#"
-import os, socket, struct, sys
 path, marker = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX)
 s.connect(path)
@@ -1016,20 +1024,8 @@ if os.fork() == 0:
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    u32 = lambda v: struct.pack(">I", v)
-    string = lambda b: u32(len(b)) + b
-    packet = lambda body: u32(len(body)) + body
     s.sendall(packet(u32(1) + u32(4)))
-    s.sendall(packet(u32(0x10000002) + u32(1) + string(b"") + u32(0) * 4
-                     + u32(ord("~")) + string(b"dumb") + string(("touch " + marker).encode())))
-    for _ in range(3):
-        socket.send_fds(s, [b"\0"], [null])
-    s.settimeout(20)
-    try:
-        while s.recv(4096):
-            pass
-    except OSError:
-        pass
+    ask_touch_and_drain(s, marker)
     os._exit(0)
 print(os.getpid(), flush=True)
 "#;
@@ -1089,7 +1085,7 @@ fn a_pid_taken_over_after_connecting_is_not_the_client() {
     let stopped = Stopped::stop(master.pid());
     let out = run(env
         .command("/usr/bin/python3")
-        .args(["-c", VANISHING_CLIENT])
+        .args(["-c", &format!("{PY_MUX_CLIENT}{VANISHING_CLIENT}")])
         .arg(env.control_path())
         .arg(&touched));
     out.assert_success("the vanishing client");
