@@ -363,9 +363,9 @@ class Method:
         self.proc = None
 
 
-def start_muxguard(env, cfg, bin_path):
-    m = Method("muxguard", "muxguard master", env, cfg,
-               os.path.join(env.tmp, "mg.sock"))
+def start_muxguard(env, cfg, bin_path, name="muxguard",
+                   label="muxguard master"):
+    m = Method(name, label, env, cfg, os.path.join(env.tmp, f"{name}.sock"))
     m.start([bin_path, "connect", "-F", cfg, "--control-path", m.sock,
              "--foreground", env.alias])
     return m

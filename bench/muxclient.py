@@ -75,18 +75,26 @@ def check(sock_path):
     return (time.perf_counter() - t0) * 1000.0
 
 
-def session(sock_path, command=b"true"):
+def session(sock_path, command=b"true", marks=None):
     """One non-tty session running `command`; its output is discarded.
     Returns milliseconds from connect to the master's EOF after
-    EXIT_MESSAGE; raises MuxError on a refusal or a non-zero exit."""
+    EXIT_MESSAGE; raises MuxError on a refusal or a non-zero exit.
+
+    `marks`, a list, gets the `time.perf_counter()` of each step as the
+    client sees it: connected, HELLO answered, ALIVE_CHECK answered,
+    request and descriptors sent, SESSION_OPENED, EXIT_MESSAGE, EOF."""
+    mark = marks.append if marks is not None else (lambda _t: None)
     null = os.open(os.devnull, os.O_RDWR)
     out_r, out_w = os.pipe()
     try:
         t0 = time.perf_counter()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(sock_path)
+            mark(t0)
             _hello(s)
+            mark(time.perf_counter())
             _alive(s, 0)
+            mark(time.perf_counter())
             payload = struct.pack(">II", NEW_SESSION, 1) + _string(b"")
             payload += struct.pack(">IIIII", 0, 0, 0, 0, 0x7E)
             payload += _string(b"") + _string(command)
@@ -94,17 +102,21 @@ def session(sock_path, command=b"true"):
             for fd in (null, out_w, out_w):
                 s.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                      struct.pack("i", fd))])
+            mark(time.perf_counter())
             os.close(out_w)
             out_w = -1
             kind, body = _recv_packet(s)
             if kind != S_SESSION_OPENED:
                 raise MuxError(f"NEW_SESSION answered {kind:#x}: {body[4:]!r}")
+            mark(time.perf_counter())
             kind, body = _recv_packet(s)
             if kind != S_EXIT_MESSAGE:
                 raise MuxError(f"expected EXIT_MESSAGE, got {kind:#x}")
+            mark(time.perf_counter())
             status = struct.unpack(">II", body[:8])[1]
             if s.recv(1) != b"":
                 raise MuxError("master sent more after EXIT_MESSAGE")
+            mark(time.perf_counter())
         dt = time.perf_counter() - t0
         if status != 0:
             raise MuxError(f"{command!r} exited {status}")

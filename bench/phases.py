@@ -21,13 +21,9 @@ Python standard library only.
 """
 
 import argparse
-import os
 import random
-import socket
 import statistics
-import struct
 import tempfile
-import time
 
 import bench
 import muxclient as mc
@@ -37,40 +33,8 @@ PHASES = ["hello", "alive", "sent", "opened", "exit", "eof", "total"]
 
 def session_phases(sock_path):
     """One session `true`: the milliseconds of each phase, then the total."""
-    null = os.open(os.devnull, os.O_RDWR)
-    out_r, out_w = os.pipe()
-    try:
-        stamps = [time.perf_counter()]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(sock_path)
-            mc._hello(s)
-            stamps.append(time.perf_counter())
-            mc._alive(s, 0)
-            stamps.append(time.perf_counter())
-            payload = struct.pack(">II", mc.NEW_SESSION, 1) + mc._string(b"")
-            payload += struct.pack(">IIIII", 0, 0, 0, 0, 0x7E)
-            payload += mc._string(b"") + mc._string(b"true")
-            mc._send_packet(s, payload)
-            for fd in (null, out_w, out_w):
-                s.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                     struct.pack("i", fd))])
-            stamps.append(time.perf_counter())
-            os.close(out_w)
-            out_w = -1
-            for expected in (mc.S_SESSION_OPENED, mc.S_EXIT_MESSAGE):
-                kind, body = mc._recv_packet(s)
-                if kind != expected:
-                    raise mc.MuxError(f"expected {expected:#x}, got {kind:#x}: "
-                                      f"{body!r}")
-                stamps.append(time.perf_counter())
-            if s.recv(1) != b"":
-                raise mc.MuxError("master sent more after EXIT_MESSAGE")
-            stamps.append(time.perf_counter())
-    finally:
-        os.close(null)
-        os.close(out_r)
-        if out_w >= 0:
-            os.close(out_w)
+    stamps = []
+    mc.session(sock_path, marks=stamps)
     phases = [(b - a) * 1000.0 for a, b in zip(stamps, stamps[1:])]
     return phases + [(stamps[-1] - stamps[0]) * 1000.0]
 
@@ -88,11 +52,9 @@ def main():
             cfg = env.write_config(bench.DEFAULT_CIPHERS.split(",")[0])
             masters = []
             for i, binary in enumerate(args.binaries):
-                m = bench.Method(f"mg{i}", f"muxguard {i}: {binary}", env, cfg,
-                                 os.path.join(tmp, f"mg{i}.sock"))
-                m.start([binary, "connect", "-F", cfg, "--control-path",
-                         m.sock, "--foreground", env.alias])
-                masters.append(m)
+                masters.append(bench.start_muxguard(
+                    env, cfg, binary, name=f"mg{i}",
+                    label=f"muxguard {i}: {binary}"))
             masters.append(bench.start_openssh(env, cfg))
             results = {m.name: [] for m in masters}
             for m in masters:  # warm-up: first use, the warm channel
