@@ -529,9 +529,7 @@ mod tests {
         assert_eq!(sessions_in(&path), [1]);
         let pending = recorder.record_durably(escape(2)).unwrap();
         assert_eq!(sessions_in(&path), [1, 2]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = crate::test_support::runtime();
         rt.block_on(pending.synced()).unwrap();
         recorder.stop("test over");
     }
@@ -552,10 +550,7 @@ mod tests {
 
         recorder.record(escape(2));
         let mut decision = recorder.record_durably(escape(3)).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = crate::test_support::runtime();
         let waited = rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(200), decision.written()).await
         });
@@ -584,9 +579,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let recorder = Recorder::start(&path, master_start("host"));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = crate::test_support::runtime();
         let mut waits = Vec::new();
         for session in 0..200 {
             if session % 3 == 0 {
