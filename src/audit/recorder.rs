@@ -210,7 +210,7 @@ impl Stream {
     /// Tells the waiters of a record appended here; the sync of a
     /// waited-on one is the writer's, asked for once someone waits for it.
     fn after_append_here(
-        &self,
+        self: &Arc<Self>,
         written: Outcome,
         name: &'static str,
         done: Option<Waiters>,
@@ -228,8 +228,7 @@ impl Stream {
         let _ = tell.send(written.clone());
         match written {
             Ok(()) => Some(SyncLater {
-                jobs: self.jobs.clone(),
-                path: self.path.clone(),
+                stream: Arc::clone(self),
                 name,
                 synced,
             }),
@@ -256,8 +255,15 @@ impl Stream {
         sent
     }
 
+    /// Hands `job` to the writer, never waiting: a full backlog refuses it.
     fn send(&self, job: Job, name: &'static str) -> Result<(), RecordError> {
-        send_job(&self.jobs, job, name, &self.path)
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => RecordError::Backlog {
+                name,
+                path: self.path.clone(),
+            },
+            TrySendError::Disconnected(_) => RecordError::WriterStopped,
+        })
     }
 
     /// The writer's append of a queued record, waiting for the file's lock
@@ -352,8 +358,7 @@ pub struct PendingRecord {
 
 /// The writer's sync of a record appended on the event loop, to ask for.
 struct SyncLater {
-    jobs: SyncSender<Job>,
-    path: PathBuf,
+    stream: Arc<Stream>,
     name: &'static str,
     synced: oneshot::Sender<Outcome>,
 }
@@ -363,19 +368,8 @@ impl SyncLater {
         let job = Job::Sync {
             synced: self.synced,
         };
-        send_job(&self.jobs, job, self.name, &self.path)
+        self.stream.send(job, self.name)
     }
-}
-
-/// Hands `job` to the writer, never waiting: a full backlog refuses it.
-fn send_job(jobs: &SyncSender<Job>, job: Job, name: &'static str, path: &Path) -> Outcome {
-    jobs.try_send(job).map_err(|e| match e {
-        TrySendError::Full(_) => RecordError::Backlog {
-            name,
-            path: path.to_path_buf(),
-        },
-        TrySendError::Disconnected(_) => RecordError::WriterStopped,
-    })
 }
 
 impl PendingRecord {
