@@ -62,14 +62,17 @@ impl ProcDir {
     }
 
     pub(crate) fn read(&self, name: &str) -> Option<Vec<u8>> {
-        let file = rustix::fs::openat(
+        read_whole(&self.open_file(name)?)
+    }
+
+    fn open_file(&self, name: &str) -> Option<OwnedFd> {
+        rustix::fs::openat(
             &self.0,
             name,
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .ok()?;
-        read_whole(&file)
+        .ok()
     }
 
     pub(crate) fn read_text(&self, name: &str) -> Option<String> {
@@ -115,16 +118,7 @@ pub(crate) struct OpenProcess {
 impl OpenProcess {
     pub(crate) fn open(pid: u32) -> Option<OpenProcess> {
         let dir = ProcDir::open(pid)?;
-        let open = |name| {
-            rustix::fs::openat(
-                &dir.0,
-                name,
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        };
-        let (stat, cmdline) = (open("stat")?, open("cmdline")?);
+        let (stat, cmdline) = (dir.open_file("stat")?, dir.open_file("cmdline")?);
         Some(OpenProcess { dir, stat, cmdline })
     }
 
