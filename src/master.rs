@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::access::decide::{self, PolicyStore};
-use crate::access::peer::{ConnectedProcess, Peer};
+use crate::access::peer::{self, ConnectedProcess, Peer};
 use crate::access::policy::{Destination, ForwardPorts, Ports};
 use crate::audit::chain as audit;
 use crate::audit::recorder::Recorder;
@@ -504,7 +504,8 @@ async fn admit_and_serve(
     // Taken from the socket: the process that connected, whatever became
     // of its pid since.
     let connected = ConnectedProcess::of(&stream);
-    let identifying = tokio::spawn(Peer::identify(cred, connected));
+    let groups = peer::peer_groups(&stream);
+    let identifying = tokio::spawn(Peer::identify(cred, groups, connected));
     let lookup = if cred.uid.as_raw() == my_uid {
         PeerLookup::Pending(identifying)
     } else {

@@ -199,7 +199,7 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// The identity of `peer` with the names looked up for it.
-    pub fn named(peer: &Peer, accounts: crate::access::proc_helper::Accounts) -> PeerIdentity {
+    pub fn named(peer: &Peer, accounts: accounts::Accounts) -> PeerIdentity {
         PeerIdentity {
             uid: peer.uid,
             user: accounts.user,
@@ -478,6 +478,30 @@ pub fn admits(
 pub mod accounts {
     use std::sync::{Arc, Mutex};
 
+    /// The names /etc/passwd and /etc/group give a peer's uid and gids.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Accounts {
+        pub user: Option<String>,
+        /// The names of `gids`, in order, of those that have one.
+        pub groups: Vec<String>,
+        /// The peer's gid first, then its supplementary groups.
+        pub gids: Vec<u32>,
+    }
+
+    impl Accounts {
+        /// Looks the names up (a `stat` of each file, which is read again
+        /// only once it has changed).
+        pub fn look_up(uid: u32, gid: u32, groups: &[u32]) -> Accounts {
+            let mut gids = vec![gid];
+            gids.extend(groups.iter().copied().filter(|g| *g != gid));
+            Accounts {
+                user: user_name(uid),
+                groups: group_names(&gids),
+                gids,
+            }
+        }
+    }
+
     pub fn user_name(uid: u32) -> Option<String> {
         find(&PASSWD.text()?, uid)
     }
@@ -493,9 +517,9 @@ pub mod accounts {
     static PASSWD: AccountFile = AccountFile::new("/etc/passwd");
     static GROUP: AccountFile = AccountFile::new("/etc/group");
 
-    /// An account file, read again only once it has changed: the proc
-    /// helper looks names up for every connection, and a `stat` is one
-    /// system call where a read is five.
+    /// An account file, read again only once it has changed: the master
+    /// looks names up for every connection, and a `stat` is one system
+    /// call where a read is five.
     struct AccountFile {
         path: &'static str,
         read: Mutex<Option<(Stamp, Arc<str>)>>,

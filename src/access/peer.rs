@@ -35,7 +35,8 @@ use std::time::Instant;
 
 use crate::access::ancestors::Ancestors;
 use crate::access::decide::PeerIdentity;
-use crate::access::proc_helper::{self, Accounts, Credentials, Identified};
+use crate::access::decide::accounts::Accounts;
+use crate::access::proc_helper;
 use crate::codec::{Reader, put_bytes, put_optional, put_u32, put_u64};
 use crate::procfs::{ProcDir, groups_of, parse_stat, read_start_time, tty_name};
 use crate::prompt::ProcessRef;
@@ -151,69 +152,122 @@ impl ConnectedProcess {
     }
 }
 
+/// The supplementary groups of the process that connected to `socket`, as
+/// the kernel recorded them at connect (SO_PEERGROUPS, Linux 4.13): like
+/// SO_PEERCRED, and unlike the process's status, what it held when it
+/// connected. `None` where the kernel cannot say.
+#[allow(unsafe_code)] // see the SAFETY comment inside
+pub fn peer_groups(socket: &impl AsFd) -> Option<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    // Most accounts are in a few groups; a longer list says how long.
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut length = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `length` bytes, the size of
+        // `groups`' live buffer (gid_t-aligned, and any bytes are a valid
+        // gid_t), and stores in `length` how many it wrote or, failing
+        // with ERANGE, how many it needs; the descriptor is the open
+        // socket `socket` borrows for the whole call.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &raw mut length,
+            )
+        };
+        let too_short = rc != 0
+            && rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+                == Some(rustix::io::Errno::RANGE);
+        let length = length as usize;
+        if rc == 0 {
+            groups.truncate(length / GID);
+            return Some(groups);
+        }
+        // NGROUPS_MAX is 65536.
+        if !too_short || length <= groups.len() * GID || length > 65536 * GID {
+            return None;
+        }
+        groups.resize(length / GID, 0);
+    }
+}
+
 impl Peer {
-    /// Identifies the peer of an accepted connection from the credentials
-    /// the kernel gave for it (SO_PEERCRED), with the account names its
-    /// policy matching needs.
+    /// Identifies the peer of an accepted connection from what the kernel
+    /// recorded of it at connect: its credentials (SO_PEERCRED), its
+    /// supplementary groups (SO_PEERGROUPS; `None` where the kernel cannot
+    /// say) and the process itself ([`ConnectedProcess`]), with the account
+    /// names its policy matching needs.
     pub async fn identify(
         cred: rustix::net::UCred,
+        groups: Option<Vec<u32>>,
         connected: ConnectedProcess,
     ) -> (Peer, PeerIdentity) {
         let uid = cred.uid.as_raw();
         let gid = cred.gid.as_raw();
         let pid = cred.pid.as_raw_nonzero().get() as u32;
-        let (pidfd, gone) = match connected {
-            ConnectedProcess::Pinned(fd) => (Some(fd), false),
-            ConnectedProcess::Gone => (None, true),
+        // A pidfd from the socket is the process that connected; one opened
+        // from the pid is whoever has that pid now, which is why its uid is
+        // checked below.
+        let (pidfd, gone, pinned) = match connected {
+            ConnectedProcess::Pinned(fd) => (Some(fd), false, true),
+            ConnectedProcess::Gone => (None, true, false),
             ConnectedProcess::Unknown => (
                 rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
                     rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
                 }),
                 false,
+                false,
             ),
         };
-        let credentials = Credentials { pid, uid, gid };
+        let look_up = |groups: &[u32]| Accounts::look_up(uid, gid, groups);
         // A peer already gone leaves nothing of its own to read: the pid's
         // /proc directory would be someone else's.
         let proc_dir = if gone { None } else { ProcDir::open(pid) };
-        let (proc_dir, identified) = match proc_dir {
-            Some(dir) => {
-                let (dir, identified) = proc_helper::identify(dir, credentials).await;
-                (Some(dir), identified)
+        let (proc_dir, walk, accounts) = match (proc_dir, groups.as_deref()) {
+            // The names are looked up here while the helper walks.
+            (Some(dir), Some(groups)) => {
+                let ((dir, walk), accounts) =
+                    tokio::join!(proc_helper::identify(dir, pid), async { look_up(groups) });
+                (Some(dir), walk, Some(accounts))
             }
-            None => (
-                None,
-                Identified {
-                    walk: None,
-                    accounts: Accounts::look_up(uid, gid, &[]),
-                },
-            ),
+            (Some(dir), None) => {
+                let (dir, walk) = proc_helper::identify(dir, pid).await;
+                (Some(dir), walk, None)
+            }
+            (None, _) => (None, None, None),
+        };
+        // What only the process's status tells, read when needed: its uid
+        // for a process not pinned by the socket, its groups where the
+        // kernel would not give them for the socket.
+        let status = match (&proc_dir, &walk) {
+            (Some(dir), Some(_)) if !pinned || groups.is_none() => dir.read_text("status"),
+            _ => None,
         };
         // The chain is only trusted if its first process is still the one
-        // that connected: running (pidfd; without one, same start time)
-        // and of the same uid.
+        // that connected: running (pidfd; without one, same start time),
+        // and, unless the socket pinned it, of the same uid.
         let trusted = !gone
-            && identified.walk.as_ref().is_some_and(|walk| {
+            && walk.as_ref().is_some_and(|walk| {
                 let same_process = match &pidfd {
                     Some(fd) => !has_exited(fd),
                     None => read_start_time(pid) == Some(walk.chain[0].start_time),
                 };
-                same_process && walk.uid == uid
+                let same_uid =
+                    pinned || status.as_deref().and_then(|s| status_id(s, "Uid:")) == Some(uid);
+                same_process && same_uid
             });
-        let (chain, proc_dir, exe_read_at, accounts) = match identified.walk {
-            Some(walk) if trusted => (
-                walk.chain,
-                proc_dir,
-                walk.links_read_at,
-                identified.accounts,
-            ),
-            // Nor are the groups read with it: only the kernel's gid counts.
-            _ => (
-                Vec::new(),
-                None,
-                Instant::now(),
-                Accounts::look_up(uid, gid, &[]),
-            ),
+        let accounts = accounts.unwrap_or_else(|| {
+            // Groups read from a process not known to be the one that
+            // connected are not used: then only the kernel's gid counts.
+            let read = status.as_deref().filter(|_| trusted).map(groups_of);
+            look_up(read.as_deref().unwrap_or_default())
+        });
+        let (chain, proc_dir, exe_read_at) = match walk {
+            Some(walk) if trusted => (walk.chain, proc_dir, walk.links_read_at),
+            _ => (Vec::new(), None, Instant::now()),
         };
         let peer = Peer {
             uid,
@@ -397,15 +451,11 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
     }
 }
 
-/// What the walk read: the chain, and what only the connecting process's
-/// status tells (the ancestors' is not read: nothing uses it).
+/// What the walk read: the chain. Nothing of a process's status is read:
+/// the socket tells the connecting one's credentials and groups.
 #[derive(Debug)]
 pub struct Walk {
     pub chain: Vec<ProcessInfo>,
-    /// The connecting process's effective uid (what SO_PEERCRED reports)
-    /// and supplementary groups.
-    pub uid: u32,
-    pub groups: Vec<u32>,
     /// When the read of the executables began, or an instant before it.
     /// The helper tells its own: a walk that ends after the first request
     /// was read then needs no recheck (`Peer::recheck`).
@@ -422,9 +472,6 @@ pub struct Walk {
 /// the next walk; the connecting process (new on most connections) only
 /// through `first_dir`.
 pub fn walk_from(first_dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Option<Walk> {
-    let status = first_dir.read_text("status")?;
-    let uid = status_id(&status, "Uid:")?;
-    let groups = groups_of(&status);
     let first = process_info(
         pid,
         &first_dir.read_text("stat")?,
@@ -450,8 +497,6 @@ pub fn walk_from(first_dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Op
     }
     Some(Walk {
         chain,
-        uid,
-        groups,
         links_read_at,
     })
 }
@@ -459,11 +504,6 @@ pub fn walk_from(first_dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Op
 impl Walk {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, monotonic_nanos(self.links_read_at));
-        put_u32(out, self.uid);
-        put_u32(out, self.groups.len() as u32);
-        for g in &self.groups {
-            put_u32(out, *g);
-        }
         put_u32(out, self.chain.len() as u32);
         for p in &self.chain {
             for word in [p.pid, p.ppid, p.session] {
@@ -488,11 +528,6 @@ impl Walk {
         let links_read_at = instant_of_monotonic(reader.u64()?)
             .filter(|at| (asked_at..=Instant::now()).contains(at))
             .unwrap_or(asked_at);
-        let uid = reader.u32()?;
-        let group_count = reader.count(4)?;
-        let groups = (0..group_count)
-            .map(|_| reader.u32())
-            .collect::<Option<Vec<_>>>()?;
         let process_count = reader.count(40)?;
         if process_count == 0 || process_count > 32 {
             return None;
@@ -521,8 +556,6 @@ impl Walk {
         }
         Some(Walk {
             chain,
-            uid,
-            groups,
             links_read_at,
         })
     }
@@ -663,12 +696,46 @@ mod tests {
         let walk = walk_from(&ProcDir::open(me).unwrap(), me, &mut Ancestors::default()).unwrap();
         let chain = walk.chain;
         assert_eq!(chain[0].pid, me);
-        assert_eq!(walk.uid, rustix::process::getuid().as_raw());
         assert_eq!(
             chain[0].exe.as_deref(),
             std::env::current_exe().ok().as_deref()
         );
         assert_eq!(read_start_time(me), Some(chain[0].start_time));
+    }
+
+    /// The groups are those the process held when it connected: one that
+    /// leaves its groups afterwards (as root can) is still seen in them,
+    /// as SO_PEERCRED keeps its uid.
+    #[test]
+    fn the_peer_groups_are_those_held_at_connect() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: setting supplementary groups needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let script = format!(
+            "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect({path:?})\n\
+             os.setgroups([])\n\
+             s.send(b'x')\n\
+             time.sleep(10)\n"
+        );
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--groups=4242,4343", "--", "python3", "-c", &script])
+            .spawn()
+            .unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
+        let groups = peer_groups(&stream);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut groups = groups.expect("the kernel tells the groups");
+        groups.sort();
+        assert_eq!(groups, vec![4242, 4343]);
     }
 
     /// The helper's time of its link reads reaches the master as it was,

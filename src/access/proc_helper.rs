@@ -11,9 +11,9 @@
 //! Two questions, each one frame (`helper::write_frame`) sent in one
 //! `sendmsg` with its descriptors, over a socketpair on the helper's stdin:
 //!
-//! - `IDENTIFY pid uid gid` + the connecting process's directory: the
-//!   whole walk (`access::peer::walk_from`) and the account names of the
-//!   uid and groups, in one round trip;
+//! - `IDENTIFY pid` + the connecting process's directory: the whole walk
+//!   (`access::peer::walk_from`) in one round trip (the account names are
+//!   the master's to look up, meanwhile);
 //! - `LINKS count` + `count` directories: their exe and cwd links (the
 //!   check before a request that the peer has not exec'd).
 //!
@@ -34,9 +34,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 use crate::access::ancestors::Ancestors;
-use crate::access::decide::accounts;
 use crate::access::peer::{self, Walk};
-use crate::codec::{Reader, put_bytes, put_optional, put_u32};
+use crate::codec::{Reader, put_optional, put_u32};
 use crate::helper::{MAX_FRAME, harden_helper, write_frame};
 use crate::procfs::ProcDir;
 
@@ -69,53 +68,11 @@ impl ProcLinks {
     }
 }
 
-/// What one IDENTIFY found: the walk (`None` if it failed) and the
-/// account names.
-#[derive(Debug)]
-pub struct Identified {
-    pub walk: Option<Walk>,
-    pub accounts: Accounts,
-}
-
-/// The names /etc/passwd and /etc/group give the peer's uid and gids.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Accounts {
-    pub user: Option<String>,
-    /// The names of `gids`, in order, of those that have one.
-    pub groups: Vec<String>,
-    /// The peer's gid first, then its supplementary groups.
-    pub gids: Vec<u32>,
-}
-
-impl Accounts {
-    /// Looks the names up (two file reads).
-    pub fn look_up(uid: u32, gid: u32, groups: &[u32]) -> Accounts {
-        let mut gids = vec![gid];
-        gids.extend(groups.iter().copied().filter(|g| *g != gid));
-        Accounts {
-            user: accounts::user_name(uid),
-            groups: accounts::group_names(&gids),
-            gids,
-        }
-    }
-}
-
-/// The question of an IDENTIFY, as the kernel told the master.
-#[derive(Debug, Clone, Copy)]
-pub struct Credentials {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Walks the chain from `dir` and looks up the accounts: what the helper
-/// does for an IDENTIFY (keeping the ancestors open for the next one), and
-/// what the master does itself without one.
-pub fn identify_here(dir: &ProcDir, cred: Credentials, ancestors: &mut Ancestors) -> Identified {
-    let walk = peer::walk_from(dir, cred.pid, ancestors);
-    let groups = walk.as_ref().map_or(&[][..], |w| w.groups.as_slice());
-    let accounts = Accounts::look_up(cred.uid, cred.gid, groups);
-    Identified { walk, accounts }
+/// The walk an IDENTIFY asks for, from the process behind `dir` (pid
+/// `pid`): what the helper does (keeping the ancestors open for the next
+/// one), and what the master does itself without one.
+pub fn identify_here(dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Option<Walk> {
+    peer::walk_from(dir, pid, ancestors)
 }
 
 // ---------------------------------------------------------------- master side
@@ -232,21 +189,21 @@ async fn read_reply(socket: &mut tokio::net::UnixStream) -> io::Result<Vec<u8>> 
 /// Identifies the process behind `dir`: through the helper when one is
 /// installed and answers, else by reading /proc here, on the blocking pool.
 /// Returns `dir` with the answer (the caller keeps it for rechecks).
-pub async fn identify(dir: ProcDir, cred: Credentials) -> (ProcDir, Identified) {
+pub async fn identify(dir: ProcDir, pid: u32) -> (ProcDir, Option<Walk>) {
     if let Some(helper) = PROC_HELPER.get() {
-        let mut payload = Vec::with_capacity(16);
-        for word in [OP_IDENTIFY, cred.pid, cred.uid, cred.gid] {
+        let mut payload = Vec::with_capacity(8);
+        for word in [OP_IDENTIFY, pid] {
             put_u32(&mut payload, word);
         }
         let asked_at = Instant::now();
         let reply = helper.ask(&payload, &[dir.as_fd()]).await;
-        if let Some(identified) = reply.and_then(|r| decode_identified(&r, asked_at)) {
-            return (dir, identified);
+        if let Some(walk) = reply.and_then(|r| decode_walk_reply(&r, asked_at)) {
+            return (dir, walk);
         }
     }
     tokio::task::spawn_blocking(move || {
-        let identified = identify_here(&dir, cred, &mut Ancestors::default());
-        (dir, identified)
+        let walk = identify_here(&dir, pid, &mut Ancestors::default());
+        (dir, walk)
     })
     .await
     .expect("the identification does not panic")
@@ -347,16 +304,14 @@ fn answer(request: Request, ancestors: &mut Ancestors) -> Option<Vec<u8>> {
         .collect::<Option<_>>()?;
     match op {
         OP_IDENTIFY => {
-            let cred = Credentials {
-                pid: payload.u32()?,
-                uid: payload.u32()?,
-                gid: payload.u32()?,
-            };
+            let pid = payload.u32()?;
             let [dir] = dirs.as_slice() else {
                 return None;
             };
             payload.finished()?;
-            Some(encode_identified(&identify_here(dir, cred, ancestors)))
+            Some(encode_walk_reply(
+                identify_here(dir, pid, ancestors).as_ref(),
+            ))
         }
         OP_LINKS => {
             let count = payload.u32()? as usize;
@@ -408,19 +363,10 @@ fn decode_links(bytes: &[u8], count: usize) -> Option<Vec<ProcLinks>> {
     Some(links)
 }
 
-fn encode_identified(identified: &Identified) -> Vec<u8> {
+/// An IDENTIFY's answer: whether there is a walk, then the walk.
+fn encode_walk_reply(walk: Option<&Walk>) -> Vec<u8> {
     let mut out = Vec::new();
-    let accounts = &identified.accounts;
-    put_optional(&mut out, accounts.user.as_deref().map(str::as_bytes));
-    put_u32(&mut out, accounts.gids.len() as u32);
-    for gid in &accounts.gids {
-        put_u32(&mut out, *gid);
-    }
-    put_u32(&mut out, accounts.groups.len() as u32);
-    for name in &accounts.groups {
-        put_bytes(&mut out, name.as_bytes());
-    }
-    match &identified.walk {
+    match walk {
         Some(walk) => {
             put_u32(&mut out, 1);
             walk.encode(&mut out);
@@ -430,29 +376,17 @@ fn encode_identified(identified: &Identified) -> Vec<u8> {
     out
 }
 
-fn decode_identified(bytes: &[u8], asked_at: Instant) -> Option<Identified> {
+/// Reads [`encode_walk_reply`]'s answer: `None` if it is malformed,
+/// `Some(None)` if the helper found no walk.
+fn decode_walk_reply(bytes: &[u8], asked_at: Instant) -> Option<Option<Walk>> {
     let mut reader = Reader::new(bytes);
-    let user = reader
-        .optional()?
-        .map(|b| String::from_utf8_lossy(b).into_owned());
-    let gid_count = reader.count(4)?;
-    let gids = (0..gid_count)
-        .map(|_| reader.u32())
-        .collect::<Option<Vec<u32>>>()?;
-    let name_count = reader.count(4)?;
-    let groups = (0..name_count)
-        .map(|_| Some(String::from_utf8_lossy(reader.bytes()?).into_owned()))
-        .collect::<Option<Vec<String>>>()?;
     let walk = match reader.u32()? {
         0 => None,
         1 => Some(Walk::decode(&mut reader, asked_at)?),
         _ => return None,
     };
     reader.finished()?;
-    Some(Identified {
-        walk,
-        accounts: Accounts { user, groups, gids },
-    })
+    Some(walk)
 }
 
 #[cfg(test)]
@@ -482,26 +416,21 @@ mod tests {
     #[test]
     fn an_identification_survives_the_round_trip() {
         let me = ProcDir::open(std::process::id()).unwrap();
-        let cred = Credentials {
-            pid: std::process::id(),
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-        };
-        let here = identify_here(&me, cred, &mut Ancestors::default());
-        let bytes = encode_identified(&here);
-        let back = decode_identified(&bytes, Instant::now()).expect("decodes");
-        assert_eq!(back.accounts, here.accounts);
-        let (walk, back_walk) = (here.walk.unwrap(), back.walk.unwrap());
-        assert_eq!(walk.chain, back_walk.chain);
-        assert_eq!((walk.uid, &walk.groups), (back_walk.uid, &back_walk.groups));
+        let here = identify_here(&me, std::process::id(), &mut Ancestors::default());
+        let walk = here.expect("walked");
+        let bytes = encode_walk_reply(Some(&walk));
+        let back = decode_walk_reply(&bytes, Instant::now()).expect("decodes");
+        assert_eq!(walk.chain, back.expect("a walk").chain);
         assert_eq!(walk.chain[0].pid, std::process::id());
-        // Any cut is refused, never half read.
+        // Any cut is refused, never half read; no walk is told as such.
         for cut in [1, 5, bytes.len() / 2, bytes.len() - 1] {
             assert!(
-                decode_identified(&bytes[..cut], Instant::now()).is_none(),
+                decode_walk_reply(&bytes[..cut], Instant::now()).is_none(),
                 "cut at {cut}"
             );
         }
+        let none = decode_walk_reply(&encode_walk_reply(None), Instant::now());
+        assert!(matches!(none, Some(None)));
     }
 
     /// A helper loop on one end of a socketpair, as the master runs it.
@@ -603,21 +532,15 @@ mod tests {
         let (socket, thread) = helper_on_a_thread();
         let me = ProcDir::open(std::process::id()).unwrap();
         let mut payload = Vec::new();
-        let uid = rustix::process::geteuid().as_raw();
-        for word in [OP_IDENTIFY, std::process::id(), uid, 0] {
+        for word in [OP_IDENTIFY, std::process::id()] {
             put_u32(&mut payload, word);
         }
         send(&socket, &payload, &[me.as_fd()]);
-        let identified = decode_identified(&reply(&socket), Instant::now()).expect("answered");
-        let walk = identified.walk.expect("walked");
+        let walk = decode_walk_reply(&reply(&socket), Instant::now())
+            .expect("answered")
+            .expect("walked");
         assert_eq!(walk.chain[0].pid, std::process::id());
         assert_eq!(walk.chain[0].exe, std::env::current_exe().ok());
-        assert_eq!(walk.uid, uid);
-        assert_eq!(identified.accounts.gids[0], 0);
-        assert_eq!(
-            identified.accounts.groups.first(),
-            accounts::group_names(&[0]).first()
-        );
         drop(socket);
         thread.join().unwrap().unwrap();
     }
