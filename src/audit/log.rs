@@ -47,6 +47,10 @@ pub struct AuditLog {
     chain: Chain,
     /// The last record written (without its newline), for copies elsewhere.
     last_line: Vec<u8>,
+    /// Where the file ended after our last write, which ended in a newline:
+    /// found there again, nothing was appended since, and the last byte
+    /// needs no read.
+    our_end: Option<u64>,
 }
 
 impl AuditLog {
@@ -66,6 +70,7 @@ impl AuditLog {
             file,
             chain: Chain::new(stream),
             last_line: Vec::new(),
+            our_end: None,
         };
         log.write_record(
             &Event::MasterStart(start),
@@ -193,9 +198,12 @@ impl AuditLog {
             // A line left without its newline (a crash mid-write on some
             // file systems, or a writer that ignores the lock) would swallow
             // our record into a line that cannot parse. Finish it first: it
-            // stays a visible bad line and our record stays whole.
+            // stays a visible bad line and our record stays whole. A file
+            // that still ends where our last line did ends in its newline
+            // (such a line only ever makes the file longer).
+            let ends_a_line = end == 0 || self.our_end == Some(end) || last_byte(fd, end)? == b'\n';
             let separated;
-            let bytes = if end > 0 && last_byte(fd, end)? != b'\n' {
+            let bytes = if !ends_a_line {
                 separated = [b"\n", pending.bytes()].concat();
                 &separated[..]
             } else {
@@ -230,6 +238,7 @@ impl AuditLog {
                     ),
                 ));
             }
+            self.our_end = Some(end + bytes.len() as u64);
             self.last_line = pending
                 .bytes()
                 .strip_suffix(b"\n")
