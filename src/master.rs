@@ -504,7 +504,9 @@ async fn admit_and_serve(
     // Taken from the socket: the process that connected, whatever became
     // of its pid since.
     let connected = ConnectedProcess::of(&stream);
-    let groups = peer::peer_groups(&stream);
+    let stream = Arc::new(stream);
+    let socket = Arc::clone(&stream);
+    let groups = move || peer::peer_groups(&*socket);
     let identifying = tokio::spawn(Peer::identify(cred, groups, connected));
     let lookup = if cred.uid.as_raw() == my_uid {
         PeerLookup::Pending(identifying)

@@ -197,12 +197,14 @@ pub fn peer_groups(socket: &impl AsFd) -> Option<Vec<u32>> {
 impl Peer {
     /// Identifies the peer of an accepted connection from what the kernel
     /// recorded of it at connect: its credentials (SO_PEERCRED), its
-    /// supplementary groups (SO_PEERGROUPS; `None` where the kernel cannot
-    /// say) and the process itself ([`ConnectedProcess`]), with the account
-    /// names its policy matching needs.
+    /// supplementary groups (`groups`, e.g. [`peer_groups`] of the socket;
+    /// `None` where the kernel cannot say) and the process itself
+    /// ([`ConnectedProcess`]), with the account names its policy matching
+    /// needs. The groups are asked for, and their names looked up, once the
+    /// walk is under way.
     pub async fn identify(
         cred: rustix::net::UCred,
-        groups: Option<Vec<u32>>,
+        groups: impl FnOnce() -> Option<Vec<u32>>,
         connected: ConnectedProcess,
     ) -> (Peer, PeerIdentity) {
         let uid = cred.uid.as_raw();
@@ -226,24 +228,25 @@ impl Peer {
         // A peer already gone leaves nothing of its own to read: the pid's
         // /proc directory would be someone else's.
         let proc_dir = if gone { None } else { ProcDir::open(pid) };
-        let (proc_dir, walk, accounts) = match (proc_dir, groups.as_deref()) {
-            // The names are looked up here while the helper walks.
-            (Some(dir), Some(groups)) => {
+        // Done here while the helper walks (its question goes out first).
+        let socket_accounts = async {
+            let groups = groups();
+            let accounts = groups.as_deref().map(look_up);
+            (groups.is_some(), accounts)
+        };
+        let (proc_dir, walk, (groups_known, accounts)) = match proc_dir {
+            Some(dir) => {
                 let ((dir, walk), accounts) =
-                    tokio::join!(proc_helper::identify(dir, pid), async { look_up(groups) });
-                (Some(dir), walk, Some(accounts))
+                    tokio::join!(proc_helper::identify(dir, pid), socket_accounts);
+                (Some(dir), walk, accounts)
             }
-            (Some(dir), None) => {
-                let (dir, walk) = proc_helper::identify(dir, pid).await;
-                (Some(dir), walk, None)
-            }
-            (None, _) => (None, None, None),
+            None => (None, None, socket_accounts.await),
         };
         // What only the process's status tells, read when needed: its uid
         // for a process not pinned by the socket, its groups where the
         // kernel would not give them for the socket.
         let status = match (&proc_dir, &walk) {
-            (Some(dir), Some(_)) if !pinned || groups.is_none() => dir.read_text("status"),
+            (Some(dir), Some(_)) if !pinned || !groups_known => dir.read_text("status"),
             _ => None,
         };
         // The chain is only trusted if its first process is still the one

@@ -42,13 +42,12 @@ impl PeerLookup {
 
 /// Serves one accepted control connection until it ends.
 pub async fn serve_connection(
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     lookup: PeerLookup,
     master: Arc<MasterState>,
     client_id: u64,
     slot: &ConnectionSlot,
 ) {
-    let stream = Arc::new(stream);
     let mut reader = ControlReader::new(Arc::clone(&stream));
     let writer = ControlWriter::new(stream);
     // Nothing the greeting does depends on who the peer is, so it goes on
