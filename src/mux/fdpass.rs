@@ -50,9 +50,6 @@ const MAX_QUEUED_FDS: usize = 8;
 pub struct ControlReader {
     stream: Arc<UnixStream>,
     fds: VecDeque<OwnedFd>,
-    /// What went wrong taking descriptors in ahead ([`Self::prefetch_fds`]),
-    /// for the request that wants them.
-    prefetch_failed: Option<ReadError>,
 }
 
 impl ControlReader {
@@ -60,7 +57,6 @@ impl ControlReader {
         ControlReader {
             stream,
             fds: VecDeque::new(),
-            prefetch_failed: None,
         }
     }
 
@@ -102,24 +98,6 @@ impl ControlReader {
     /// Receives `count` descriptors that follow a request, reading one
     /// carrier byte at a time until enough have arrived.
     pub async fn receive_fds(&mut self, count: usize) -> Result<Vec<OwnedFd>, ReadError> {
-        if let Some(e) = self.prefetch_failed.take() {
-            return Err(e);
-        }
-        self.fill_fds(count).await?;
-        Ok(self.fds.drain(..count).collect())
-    }
-
-    /// Takes in the `count` descriptors that follow a request just read,
-    /// for [`Self::receive_fds`] to hand out (or to fail with) later: the
-    /// client sends them at once, so they can arrive while the master is
-    /// busy with something else.
-    pub async fn prefetch_fds(&mut self, count: usize) {
-        if let Err(e) = self.fill_fds(count).await {
-            self.prefetch_failed = Some(e);
-        }
-    }
-
-    async fn fill_fds(&mut self, count: usize) -> Result<(), ReadError> {
         while self.fds.len() < count {
             let before = self.fds.len();
             let mut carrier = [0u8; 1];
@@ -128,7 +106,7 @@ impl ControlReader {
                 return Err(ReadError::MissingFds);
             }
         }
-        Ok(())
+        Ok(self.fds.drain(..count).collect())
     }
 
     /// Waits until the client closes the connection or sends more bytes.

@@ -37,6 +37,9 @@ pub(super) struct Connection<'a> {
     pub(super) requester: &'a Arc<Requester>,
     /// When the request being handled was read from the client.
     pub(super) read_at: Instant,
+    /// The descriptors of a first request that is a session, taken in
+    /// (and adopted) while the peer was being identified.
+    pub(super) first_fds: Option<Result<std::io::Result<Vec<PassedFd>>, ReadError>>,
 }
 
 impl Connection<'_> {
@@ -97,8 +100,11 @@ impl Connection<'_> {
         rid: u32,
         count: usize,
     ) -> Result<Option<Vec<PassedFd>>, CloseReason> {
-        let fds = self.reader.receive_fds(count).await?;
-        match passed_fd::adopt(fds) {
+        let adopted = match self.first_fds.take() {
+            Some(taken) => taken?,
+            None => passed_fd::adopt(self.reader.receive_fds(count).await?),
+        };
+        match adopted {
             Ok(fds) => Ok(Some(fds)),
             Err(e) => {
                 self.fail(rid, format!("cannot use passed file descriptors: {e}"))

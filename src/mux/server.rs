@@ -57,12 +57,18 @@ pub async fn serve_connection(
     let greeting = async {
         let greeted = greet(&mut reader, &writer, slot, client_id).await;
         // A session's descriptors follow its request at once: taken in
-        // while the peer is still being identified, they cost the session
-        // nothing afterwards.
-        if let Ok(Some((ClientMessage::NewSession { .. }, _))) = &greeted {
-            reader.prefetch_fds(wire::SessionRequest::FD_COUNT).await;
-        }
-        greeted
+        // and looked at while the peer is still being identified, they
+        // cost the session nothing afterwards.
+        let first_fds = match &greeted {
+            Ok(Some((ClientMessage::NewSession { .. }, _))) => Some(
+                reader
+                    .receive_fds(wire::SessionRequest::FD_COUNT)
+                    .await
+                    .map(passed_fd::adopt),
+            ),
+            _ => None,
+        };
+        (greeted, first_fds)
     };
     let identified = async {
         let known = lookup.resolve().await;
@@ -72,7 +78,7 @@ pub async fn serve_connection(
         }
         known
     };
-    let (greeted, known) = tokio::join!(greeting, identified);
+    let ((greeted, first_fds), known) = tokio::join!(greeting, identified);
     let Some((peer, identity)) = known else {
         warn!(
             client = client_id,
@@ -87,7 +93,17 @@ pub async fn serve_connection(
         client_id,
     });
     let served = match greeted {
-        Ok(Some(first)) => serve(first, &mut reader, &writer, &master, &requester).await,
+        Ok(Some(first)) => {
+            let mut connection = Connection {
+                reader: &mut reader,
+                writer: &writer,
+                master: &master,
+                requester: &requester,
+                read_at: first.1,
+                first_fds,
+            };
+            serve(first.0, &mut connection).await
+        }
         Ok(None) => Ok(()),
         Err(reason) => Err(reason),
     };
@@ -449,22 +465,10 @@ pub(super) fn alive(rid: u32) -> ServerMessage {
     }
 }
 
-/// Serves the requests from `first` on, one at a time.
-async fn serve(
-    (first, first_read_at): (ClientMessage, Instant),
-    reader: &mut ControlReader,
-    writer: &ControlWriter,
-    master: &Arc<MasterState>,
-    requester: &Arc<Requester>,
-) -> Result<(), CloseReason> {
-    let client_id = requester.client_id;
-    let mut connection = Connection {
-        reader,
-        writer,
-        master,
-        requester,
-        read_at: first_read_at,
-    };
+/// Serves the requests from `first` (read at `connection.read_at`) on, one
+/// at a time.
+async fn serve(first: ClientMessage, connection: &mut Connection<'_>) -> Result<(), CloseReason> {
+    let client_id = connection.requester.client_id;
     let mut message = first;
     loop {
         if connection.handle(message).await? == Flow::Close {
