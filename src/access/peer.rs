@@ -229,12 +229,9 @@ impl Peer {
         // /proc directory would be someone else's.
         let proc_dir = if gone { None } else { ProcDir::open(pid) };
         // Done here while the helper walks (its question goes out first).
-        let socket_accounts = async {
-            let groups = groups();
-            let accounts = groups.as_deref().map(look_up);
-            (groups.is_some(), accounts)
-        };
-        let (proc_dir, walk, (groups_known, accounts)) = match proc_dir {
+        // `None` where the kernel would not give the groups.
+        let socket_accounts = async { groups().as_deref().map(look_up) };
+        let (proc_dir, walk, accounts) = match proc_dir {
             Some(dir) => {
                 let ((dir, walk), accounts) =
                     tokio::join!(proc_helper::identify(dir, pid), socket_accounts);
@@ -246,7 +243,7 @@ impl Peer {
         // for a process not pinned by the socket, its groups where the
         // kernel would not give them for the socket.
         let status = match (&proc_dir, &walk) {
-            (Some(dir), Some(_)) if !pinned || !groups_known => dir.read_text("status"),
+            (Some(dir), Some(_)) if !pinned || accounts.is_none() => dir.read_text("status"),
             _ => None,
         };
         // The chain is only trusted if its first process is still the one

@@ -68,13 +68,6 @@ impl ProcLinks {
     }
 }
 
-/// The walk an IDENTIFY asks for, from the process behind `dir` (pid
-/// `pid`): what the helper does (keeping the ancestors open for the next
-/// one), and what the master does itself without one.
-pub fn identify_here(dir: &ProcDir, pid: u32, ancestors: &mut Ancestors) -> Option<Walk> {
-    peer::walk_from(dir, pid, ancestors)
-}
-
 // ---------------------------------------------------------------- master side
 
 /// The master's end of `muxguard proc-helper`.
@@ -202,7 +195,7 @@ pub async fn identify(dir: ProcDir, pid: u32) -> (ProcDir, Option<Walk>) {
         }
     }
     tokio::task::spawn_blocking(move || {
-        let walk = identify_here(&dir, pid, &mut Ancestors::default());
+        let walk = peer::walk_from(&dir, pid, &mut Ancestors::default());
         (dir, walk)
     })
     .await
@@ -309,8 +302,9 @@ fn answer(request: Request, ancestors: &mut Ancestors) -> Option<Vec<u8>> {
                 return None;
             };
             payload.finished()?;
+            // The ancestors stay open for the next walk.
             Some(encode_walk_reply(
-                identify_here(dir, pid, ancestors).as_ref(),
+                peer::walk_from(dir, pid, ancestors).as_ref(),
             ))
         }
         OP_LINKS => {
@@ -416,7 +410,7 @@ mod tests {
     #[test]
     fn an_identification_survives_the_round_trip() {
         let me = ProcDir::open(std::process::id()).unwrap();
-        let here = identify_here(&me, std::process::id(), &mut Ancestors::default());
+        let here = peer::walk_from(&me, std::process::id(), &mut Ancestors::default());
         let walk = here.expect("walked");
         let bytes = encode_walk_reply(Some(&walk));
         let back = decode_walk_reply(&bytes, Instant::now()).expect("decodes");

@@ -93,16 +93,16 @@ pub async fn serve_connection(
         client_id,
     });
     let served = match greeted {
-        Ok(Some(first)) => {
+        Ok(Some((first, read_at))) => {
             let mut connection = Connection {
                 reader: &mut reader,
                 writer: &writer,
                 master: &master,
                 requester: &requester,
-                read_at: first.1,
+                read_at,
                 first_fds,
             };
-            serve(first.0, &mut connection).await
+            serve(first, &mut connection).await
         }
         Ok(None) => Ok(()),
         Err(reason) => Err(reason),
